@@ -1,0 +1,1 @@
+"""Where `runner submit` sends a job. Each backend lives in its own module."""

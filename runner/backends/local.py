@@ -1,0 +1,36 @@
+"""The local backend: `runner run` in a child process on this machine.
+
+The child is what a container would run, so a job behaves the same here and on a
+cluster. It gets its own session, so a Ctrl-C reaches it exactly once: through
+this process, which forwards SIGINT, SIGTERM and SIGHUP.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def run_command(spec_path: str, overrides: Sequence[str], quiet: bool) -> list[str]:
+    """The `runner run` command line for a spec (pure)."""
+    return [
+        sys.executable, "-m", "runner", "run", spec_path,
+        *(f"--set={o}" for o in overrides),
+        *(["--quiet"] if quiet else []),
+    ]  # fmt: skip
+
+
+def submit(spec_path: str, overrides: Sequence[str], quiet: bool = False) -> int:
+    """Run the job to completion in a child process; returns its exit code."""
+    child = subprocess.Popen(run_command(spec_path, overrides, quiet), start_new_session=True)
+    previous = {sig: signal.signal(sig, lambda s, _: child.send_signal(s)) for sig in FORWARDED}
+    try:
+        code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 - code if code < 0 else code  # killed by signal N: the shell's 128+N

@@ -1,0 +1,223 @@
+"""The training loop and the one object that holds all training state.
+
+The data set lives in memory (on the GPU when training there) as uint8; each batch
+is gathered by index and normalised on the device, so a step runs no per-sample
+Python. Each epoch visits the samples in a permutation drawn from (seed, epoch),
+so the loop's position is just (epoch, batch): resuming skips to it by index
+instead of replaying a data loader.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from runner.data import Dataset, Split
+from runner.device import Placement
+from runner.spec import TrainSpec
+
+EVAL_BATCH = 1024
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of the samples in `epoch`: the same for a (seed, epoch) on any machine."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+class Running:
+    """Sums over the current epoch's steps, kept on the device so steps never sync."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.seen = 0
+
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, n: int) -> None:
+        self.loss += loss.float() * n
+        self.correct += correct
+        self.seen += n
+
+    def means(self) -> tuple[float, float]:
+        """(mean loss, accuracy) so far; synchronises with the device."""
+        if not self.seen:
+            return math.nan, math.nan
+        return self.loss.item() / self.seen, self.correct.item() / self.seen
+
+
+class TrainState:
+    """Model, optimizer, LR schedule, AMP scaler, RNG, position and metrics: all of it.
+
+    `state_dict()` holds only tensors and plain Python values, so it loads with
+    `torch.load(weights_only=True)`. `batch` is the next batch of epoch `epoch`;
+    `batch == batches per epoch` means the epoch is trained but not yet evaluated.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any):
+        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.epoch = self.batch = self.step = 0
+        self.history: list[dict[str, Any]] = []  # one record per finished epoch
+        self.running = Running(next(model.parameters()).device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "scaler": self.scaler.state_dict(),
+            "rng": _rng_state(),
+            "position": {"epoch": self.epoch, "batch": self.batch, "step": self.step},
+            "running": {"loss": self.running.loss, "correct": self.running.correct, "seen": self.running.seen},
+            "history": [dict(r) for r in self.history],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        pos = state["position"]
+        self.epoch, self.batch, self.step = pos["epoch"], pos["batch"], pos["step"]
+        self.running.loss.copy_(state["running"]["loss"])
+        self.running.correct.copy_(state["running"]["correct"])
+        self.running.seen = state["running"]["seen"]
+        self.history = [dict(r) for r in state["history"]]
+
+
+class Events(Protocol):
+    """What the loop reports; the progress display and the run directory listen."""
+
+    def epoch_start(self, epoch: int, batch: int, batches: int) -> None: ...
+    def step(self, batch: int, running: Running) -> None: ...
+    def epoch_end(self, record: dict[str, Any]) -> None: ...
+
+
+class Trainer:
+    def __init__(self, cfg: TrainSpec, model: nn.Module, data: Dataset, placement: Placement):
+        self.cfg = cfg
+        self.device = torch.device(placement.device)
+        self.amp_dtype = AMP_DTYPES[placement.precision]
+        self.memory_format = torch.channels_last if placement.channels_last else torch.contiguous_format
+        model = model.to(self.device, memory_format=self.memory_format)
+        # Moved once: every step then gathers its batch on the device.
+        self.train, self.val, self.test = (self._to_device(s) for s in (data.train, data.val, data.test))
+        shape = (1, -1, 1, 1)
+        std = torch.tensor(data.info.std, device=self.device).view(shape)
+        self.scale = 1.0 / (255.0 * std)
+        self.shift = torch.tensor(data.info.mean, device=self.device).view(shape) / std
+        self.batches = math.ceil(len(self.train) / cfg.batch_size)
+        optimizer = _optimizer(cfg, model.parameters())
+        scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * self.batches)
+            if cfg.lr_schedule == "cosine"
+            else None
+        )
+        # Loss scaling is needed for fp16 only; disabled, the scaler passes through.
+        scaler = torch.amp.GradScaler(self.device.type, enabled=placement.precision == "fp16")
+        self.state = TrainState(model, optimizer, scheduler, scaler)
+
+    def _to_device(self, split: Split) -> Split:
+        return Split(split.x.to(self.device), split.y.to(self.device))
+
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.addcmul(-self.shift, x.float(), self.scale)  # (x/255 - mean) / std
+        return x.contiguous(memory_format=self.memory_format)
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def fit(self, events: Events, stop: Callable[[], bool] = lambda: False) -> bool:
+        """Train to `cfg.epochs`. Returns False if `stop()` said so between two steps."""
+        s, bs, n = self.state, self.cfg.batch_size, len(self.train)
+        while s.epoch < self.cfg.epochs:
+            order = epoch_order(n, self.cfg.seed, s.epoch).to(self.device)
+            events.epoch_start(s.epoch, s.batch, self.batches)
+            started, samples = time.perf_counter(), 0
+            while s.batch < self.batches:
+                if stop():
+                    return False
+                idx = order[s.batch * bs : (s.batch + 1) * bs]
+                self._step(self.train.x[idx], self.train.y[idx])
+                s.batch += 1
+                s.step += 1
+                samples += len(idx)
+                events.step(s.batch, s.running)
+            train_loss, train_acc = s.running.means()  # synchronises: the timing is honest
+            elapsed = time.perf_counter() - started
+            val_loss, val_acc = self.evaluate(self.val)
+            record = {
+                "epoch": s.epoch + 1,
+                "step": s.step,
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "lr": self.state.optimizer.param_groups[0]["lr"],
+                "samples_per_s": samples / elapsed if samples else None,
+            }
+            s.history.append(record)
+            s.epoch, s.batch = s.epoch + 1, 0
+            s.running = Running(self.device)
+            events.epoch_end(record)
+        return True
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        s = self.state
+        with self._autocast():
+            logits = s.model(self._inputs(x))
+            loss = F.cross_entropy(logits, y)
+        s.optimizer.zero_grad(set_to_none=True)
+        s.scaler.scale(loss).backward()
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
+        if s.scheduler:
+            s.scheduler.step()
+        s.running.add(loss.detach(), (logits.argmax(1) == y).sum(), len(y))
+
+    @torch.no_grad()
+    def evaluate(self, split: Split) -> tuple[float | None, float | None]:
+        """(mean loss, accuracy) on a split, or (None, None) for an empty one."""
+        if not len(split):
+            return None, None
+        model = self.state.model
+        model.eval()
+        loss = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        for i in range(0, len(split), EVAL_BATCH):
+            x, y = split.x[i : i + EVAL_BATCH], split.y[i : i + EVAL_BATCH]
+            with self._autocast():
+                logits = model(self._inputs(x))
+            loss += F.cross_entropy(logits.float(), y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+        model.train()
+        return loss.item() / len(split), correct.item() / len(split)
+
+
+def _optimizer(cfg: TrainSpec, params: Any) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _rng_state() -> dict[str, Any]:
+    # Dropout draws from these; the data order does not (see epoch_order).
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,222 @@
+"""Job specs: the only code that reads TOML.
+
+A spec is validated once, at load, into immutable typed objects; everything after
+that trusts it. Errors name the file (or the `--set` override) and the dotted key.
+Precedence: `--set` overrides > the TOML file > defaults.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+
+from runner.data import DATASETS
+from runner.errors import UserError
+from runner.models import MODELS, known_model, options_type, torchvision_models
+
+# A DNS label, because the name becomes the name of Kubernetes objects.
+NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest choice, or ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(_Table):
+    dataset: str
+    root: str = "data"  # torchvision's layout below it, e.g. data/MNIST/raw/
+    download: bool = True
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        if v not in DATASETS:
+            raise ValueError(f"unknown dataset '{v}'{did_you_mean(v, DATASETS)}; known: {', '.join(DATASETS)}")
+        return v
+
+
+class CheckpointSpec(_Table):
+    dir: str = Field(min_length=1)  # local path or fsspec URL; defaults to runs/<name>
+
+
+class TrainSpec(_Table):
+    """The fields the training engine reads (and nothing else)."""
+
+    epochs: PositiveInt = 10
+    lr: float = Field(1e-3, gt=0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
+    weight_decay: float = Field(0.0, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    batch_size: int = Field(128, ge=1, le=65536)
+    seed: int = Field(0, ge=0, lt=2**32)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+
+class JobSpec(TrainSpec):
+    name: str
+    model: str
+    model_options: dict[str, Any] = {}
+    device: str = "auto"
+    threads: int = Field(0, ge=0, le=1024)  # CPU threads; 0 = the cores this process may use
+    data: DataSpec
+    checkpoint: CheckpointSpec
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_run_dir(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and isinstance(raw.get("name"), str):
+            ckpt = raw.get("checkpoint", {})
+            if isinstance(ckpt, dict) and "dir" not in ckpt:
+                raw = {**raw, "checkpoint": {**ckpt, "dir": f"runs/{raw['name']}"}}
+        return raw
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, v: str) -> str:
+        if not NAME_RE.fullmatch(v):
+            raise ValueError(
+                f"'{v}' must be lowercase letters, digits and '-' (at most 63, starting and ending "
+                "with a letter or digit), because it names Kubernetes objects"
+            )
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        if not known_model(v):
+            raise ValueError(
+                f"unknown model '{v}'{did_you_mean(v, [*MODELS, *torchvision_models()])}; "
+                f"known: {', '.join(MODELS)} or any torchvision classifier (e.g. resnet18)"
+            )
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not DEVICE_RE.fullmatch(v):
+            raise ValueError(f"unknown device '{v}'; expected auto, cpu, cuda, cuda:N or mps")
+        return v
+
+
+def validate_spec(raw: dict[str, Any], source: str, overridden: Mapping[str, str] | None = None) -> JobSpec:
+    """Validate a raw spec dict; errors name `source` (or the --set that caused them)."""
+    try:
+        spec = JobSpec.model_validate(raw)
+        options = options_type(spec.model).model_validate(spec.model_options)
+    except ValidationError as e:
+        prefix = () if e.title == JobSpec.__name__ else ("model_options",)
+        raise UserError(_describe(e, prefix, raw, source, overridden or {})) from None
+    return spec.model_copy(update={"model_options": options.model_dump(mode="json", exclude_unset=False)})
+
+
+def load_spec(path: str, overrides: Sequence[str] = ()) -> JobSpec:
+    """Read, override and validate the spec at `path`."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file; give the path of a job spec (e.g. jobs/digits.toml)") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the spec ({e.strerror})") from None
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (bad byte at offset {e.start}); save the spec as UTF-8") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: invalid TOML: {e}") from None
+    if not raw:
+        raise UserError(f"{path}: the spec is empty; it needs at least name, model and [data] dataset")
+    overridden = {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        _set(raw, keys, value, text)
+        overridden[".".join(keys)] = text
+    return validate_spec(raw, path, overridden)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (['a', 'b'], value), the value typed as TOML would type it.
+
+    Values that are not TOML literals are taken as strings, so `--set data.root=/x`
+    needs no quotes.
+    """
+    key, sep, value = text.partition("=")
+    keys = key.strip().split(".")
+    if not sep or not all(KEY_RE.fullmatch(k) for k in keys):
+        raise UserError(f"--set {text}: expected KEY=VALUE with a dotted key, e.g. --set data.root=/data")
+    try:
+        return keys, tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return keys, value
+
+
+def _set(raw: dict[str, Any], keys: list[str], value: Any, text: str) -> None:
+    table = raw
+    for i, key in enumerate(keys[:-1]):
+        table = table.setdefault(key, {})
+        if not isinstance(table, dict):
+            raise UserError(f"--set {text}: '{'.'.join(keys[: i + 1])}' is not a table")
+    table[keys[-1]] = value
+
+
+def to_toml(spec: JobSpec) -> str:
+    """The resolved spec as TOML: it loads back to an equal spec."""
+    fields = spec.model_dump(mode="json")
+    return tomli_w.dumps({"name": fields.pop("name"), "model": fields.pop("model"), **fields})
+
+
+def _describe(
+    error: ValidationError,
+    prefix: tuple[str, ...],
+    raw: dict[str, Any],
+    source: str,
+    overridden: Mapping[str, str],
+) -> str:
+    """All validation errors as one line: `source: dotted.key: reason`."""
+    parts = []
+    for err in error.errors():
+        loc = prefix + tuple(str(p) for p in err["loc"])
+        key = ".".join(loc)
+        if err["type"] == "extra_forbidden":
+            reason = f"unknown key{did_you_mean(loc[-1], _siblings(loc, raw))}"
+        elif err["type"] == "missing":
+            reason = "missing (required)"
+        elif err["type"] == "value_error":
+            reason = str(err["ctx"]["error"])
+        else:
+            reason = f"{err['msg']} (got {err['input']!r})"
+        origin = next(
+            (f"--set {text}" for o, text in overridden.items() if key == o or key.startswith(o + ".")), source
+        )
+        parts.append(f"{origin}: {key}: {reason}")
+    return "; ".join(parts)
+
+
+def _siblings(loc: tuple[str, ...], raw: dict[str, Any]) -> list[str]:
+    """The keys allowed beside the unknown key at `loc`."""
+    model: type[BaseModel] = JobSpec
+    for key in loc[:-1]:
+        if key == "model_options":
+            model = options_type(str(raw.get("model", "")))
+            continue
+        annotation = model.model_fields[key].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
