@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import torch
@@ -65,6 +66,19 @@ class TrainState:
         self.epoch = self.batch = self.step = 0
         self.history: list[dict[str, Any]] = []  # one record per finished epoch
         self.running = Running(next(model.parameters()).device)
+        # The RNG stream (dropout) belongs to the run, not to the process: whatever else
+        # draws from torch's global generator between steps cannot change the weights.
+        self.rng, self._rng_live = _rng_state(), False
+
+    @contextmanager
+    def rng_in_use(self) -> Iterator[None]:
+        """Install this run's RNG state in torch for the duration (a training pass)."""
+        _set_rng_state(self.rng)
+        self._rng_live = True
+        try:
+            yield
+        finally:
+            self.rng, self._rng_live = _rng_state(), False
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -72,7 +86,7 @@ class TrainState:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "scaler": self.scaler.state_dict(),
-            "rng": _rng_state(),
+            "rng": _rng_state() if self._rng_live else self.rng,
             "position": {"epoch": self.epoch, "batch": self.batch, "step": self.step},
             "running": {"loss": self.running.loss, "correct": self.running.correct, "seen": self.running.seen},
             "history": [dict(r) for r in self.history],
@@ -84,7 +98,9 @@ class TrainState:
         if self.scheduler:
             self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        self.rng = state["rng"]
+        if self._rng_live:
+            _set_rng_state(self.rng)
         pos = state["position"]
         self.epoch, self.batch, self.step = pos["epoch"], pos["batch"], pos["step"]
         self.running.loss.copy_(state["running"]["loss"])
@@ -103,7 +119,7 @@ class Events(Protocol):
 
 class Trainer:
     def __init__(self, cfg: TrainSpec, model: nn.Module, data: Dataset, placement: Placement):
-        self.cfg = cfg
+        self.cfg, self.placement, self.info = cfg, placement, data.info
         self.device = torch.device(placement.device)
         self.amp_dtype = AMP_DTYPES[placement.precision]
         self.memory_format = torch.channels_last if placement.channels_last else torch.contiguous_format
@@ -137,6 +153,10 @@ class Trainer:
 
     def fit(self, events: Events, stop: Callable[[], bool] = lambda: False) -> bool:
         """Train to `cfg.epochs`. Returns False if `stop()` said so between two steps."""
+        with self.state.rng_in_use():
+            return self._fit(events, stop)
+
+    def _fit(self, events: Events, stop: Callable[[], bool]) -> bool:
         s, bs, n = self.state, self.cfg.batch_size, len(self.train)
         while s.epoch < self.cfg.epochs:
             order = epoch_order(n, self.cfg.seed, s.epoch).to(self.device)

@@ -92,13 +92,13 @@ def torchvision_classifier(
     if in_shape[0] != 3:
         _adapt_stem(model, in_shape[0])
     # Fail now, with the reason, rather than at the first training step: some models
-    # need a minimum input size (inception_v3: 75x75). Eval mode draws no randomness
-    # and leaves batch-norm statistics untouched.
+    # need a minimum input size (alexnet: 63x63), vision transformers an exact one.
+    # Eval mode draws no randomness and leaves batch-norm statistics untouched.
     model.eval()
     try:
         with torch.no_grad():
             model(torch.zeros(2, *in_shape))
-    except RuntimeError as e:
+    except (RuntimeError, AssertionError) as e:
         first = str(e).splitlines()[0]
         raise UserError(f"model: {name} cannot take inputs of shape {in_shape}: {first}") from None
     return model.train()

@@ -1,0 +1,96 @@
+"""End to end through the real `runner` command, as a user types it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from safetensors import safe_open
+
+from runner.spec import load_spec
+from tests.conftest import JOBS, REPO, runner_cli
+
+EPOCH_KEYS = {"epoch", "step", "train_loss", "val_loss", "val_acc", "samples_per_s", "lr"}
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_quickstart_trains_the_cnn_on_digits_to_95_percent(tmp_path: Path) -> None:
+    result = runner_cli("submit", str(JOBS / "digits.toml"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "runs" / "digits"
+    records = read_metrics(run_dir)
+    epochs, final = records[:-1], records[-1]
+    assert [r["epoch"] for r in epochs] == list(range(1, 16))
+    assert all(EPOCH_KEYS <= r.keys() for r in epochs)
+    assert final["test_acc"] >= 0.95
+    assert f"test_acc {final['test_acc']:.2%}" in result.stdout
+    with safe_open(run_dir / "final" / "model.safetensors", "pt") as f:
+        assert f.metadata()["model"] == "cnn" and json.loads(f.metadata()["input_shape"]) == [1, 28, 28]
+        assert f.get_tensor("head.5.weight").shape == (10, 128)
+    assert load_spec(str(run_dir / "spec.toml")) == load_spec(str(JOBS / "digits.toml"))
+
+
+def test_cnn_spec_trains_on_mnist_idx_files_under_data_root(tmp_path: Path, mnist_root: Path) -> None:
+    result = runner_cli(
+        "submit", str(JOBS / "cnn.toml"), "--set", f"data.root={mnist_root}", "--set", "epochs=1", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "runs" / "cnn"
+    epoch, final = read_metrics(run_dir)
+    assert EPOCH_KEYS <= epoch.keys() and epoch["epoch"] == 1 and epoch["step"] == 5  # 540 / 128
+    assert final["test_acc"] > 0.3  # 200 test digits; chance is 0.1
+    resolved = load_spec(str(run_dir / "spec.toml"))
+    assert resolved.epochs == 1 and resolved.data.root == str(mnist_root)
+    assert (run_dir / "final" / "model.safetensors").stat().st_size > 0
+
+
+def test_output_off_a_terminal_is_plain_lines(tmp_path: Path) -> None:
+    result = runner_cli("run", str(JOBS / "digits.toml"), "--set", "epochs=2", "--set", "model=mlp",
+                        "--set", "model_options={}", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "\x1b[" not in result.stdout  # no colour codes, no progress bar
+    lines = result.stdout.splitlines()
+    assert lines[1].startswith("epoch 1/2  step 21  train_loss ") and "samples/s" in lines[1]
+    assert lines[-1].startswith("done: test_acc ")
+
+
+def test_validate_and_help_do_not_import_torch() -> None:
+    code = (
+        "import sys; from runner.cli import app; from runner.spec import load_spec; "
+        f"load_spec({str(JOBS / 'cnn.toml')!r}); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_validate_prints_the_resolved_spec(tmp_path: Path) -> None:
+    result = runner_cli("validate", str(JOBS / "cnn.toml"), "--set", "epochs=2", "--show", cwd=tmp_path)
+    assert result.returncode == 0
+    (tmp_path / "resolved.toml").write_text(result.stdout)
+    assert load_spec(str(tmp_path / "resolved.toml")).epochs == 2
+    assert not (tmp_path / "runs").exists()
+
+
+def test_submit_forwards_sigterm_to_the_training_process(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", "submit", str(JOBS / "digits.toml"), "--set", "epochs=100", "--quiet"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # so the signal reaches `submit` alone, as kubelet's would
+    )
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "runs/digits/metrics.jsonl").exists():  # training is under way
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM  # the child got it, and died of it
