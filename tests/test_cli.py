@@ -83,7 +83,7 @@ def test_submit_forwards_sigterm_to_the_training_process(tmp_path: Path) -> None
     proc = subprocess.Popen(
         [sys.executable, "-m", "runner", "submit", str(JOBS / "digits.toml"), "--set", "epochs=100", "--quiet"],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,  # so the signal reaches `submit` alone, as kubelet's would
