@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import JOBS, runner_cli
+from tests.helpers import JOBS, runner_cli
 
 GOOD = 'name = "job"\nmodel = "mlp"\nepochs = 1\n[data]\ndataset = "digits"\n'
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from runner.spec import load_spec
-from tests.conftest import JOBS, REPO, runner_cli
+from tests.helpers import JOBS, REPO, runner_cli
 
 EPOCH_KEYS = {"epoch", "step", "train_loss", "val_loss", "val_acc", "samples_per_s", "lr"}
 

@@ -8,7 +8,7 @@ import torch
 
 from runner.data import DATASETS, load_dataset
 from runner.errors import UserError
-from tests.conftest import write_mnist
+from tests.helpers import write_mnist
 
 
 def test_mnist_raw_idx_files_are_read_through_torchvision(mnist_root: Path) -> None:

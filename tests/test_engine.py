@@ -13,7 +13,7 @@ import torch
 from runner.engine import Trainer, epoch_order
 from runner.job import build_trainer
 from runner.spec import load_spec
-from tests.conftest import JOBS
+from tests.helpers import JOBS
 
 
 class Quiet:

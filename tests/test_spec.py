@@ -6,7 +6,7 @@ import pytest
 
 from runner.errors import UserError
 from runner.spec import load_spec, parse_override, to_toml
-from tests.conftest import JOBS
+from tests.helpers import JOBS
 
 EXAMPLES = sorted(JOBS.glob("*.toml"))
 

@@ -1,0 +1,52 @@
+"""Test helpers: real files on disk and the real `runner` command in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+JOBS = REPO / "jobs"
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write an array in the IDX format MNIST ships in (unsigned bytes, big-endian dims)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def write_mnist(root: Path, folder: str = "MNIST", n_train: int = 600, n_test: int = 200) -> Path:
+    """Real handwritten digits (scikit-learn's) as MNIST's raw IDX files under root/folder/raw.
+
+    Upscaled 8x8 -> 28x28 with numpy alone, so the files do not depend on the code under test.
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.kron(digits.images, np.ones((3, 3)))  # 24x24
+    images = np.pad(images, ((0, 0), (2, 2), (2, 2))) * (255 / 16)
+    labels = digits.target
+    raw = root / folder / "raw"
+    write_idx(raw / "train-images-idx3-ubyte", images[:n_train])
+    write_idx(raw / "train-labels-idx1-ubyte", labels[:n_train])
+    write_idx(raw / "t10k-images-idx3-ubyte", images[n_train : n_train + n_test])
+    write_idx(raw / "t10k-labels-idx1-ubyte", labels[n_train : n_train + n_test])
+    return root
+
+
+def runner_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300):
+    """Run the real `runner` command (as `python -m runner`) and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
