@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
@@ -29,13 +29,16 @@ SpecArg = Annotated[str, typer.Argument(metavar="SPEC", help="The job spec, a TO
 SetOpt = Annotated[
     list[str],
     typer.Option(
-        "--set", "-s", metavar="KEY=VALUE", help="Override a spec key, dotted for tables: --set epochs=3 --set data.root=/data"
+        "--set",
+        "-s",
+        metavar="KEY=VALUE",
+        help="Override a spec key, dotted for tables: --set epochs=3 --set data.root=/data",
     ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar: one plain line per epoch.")]
 
 
-class Backend(str, Enum):
+class Backend(StrEnum):
     local = "local"
 
 
@@ -63,7 +66,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
 ) -> None:
     pass
 
@@ -97,7 +102,11 @@ def validate(
     from runner.spec import load_spec, to_toml
 
     resolved = load_spec(spec, set_)
-    typer.echo(to_toml(resolved) if show else f"ok: {spec} ({resolved.model} on {resolved.data.dataset}, run dir {resolved.checkpoint.dir})")
+    typer.echo(
+        to_toml(resolved)
+        if show
+        else f"ok: {spec} ({resolved.model} on {resolved.data.dataset}, run dir {resolved.checkpoint.dir})"
+    )
 
 
 def main() -> None:

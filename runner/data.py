@@ -103,21 +103,19 @@ def _load_digits(root: str, download: bool) -> tuple[Split, Split]:
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 
 DATASETS: dict[str, DatasetInfo] = {
-    "mnist": DatasetInfo(
-        (1, 28, 28), DIGIT_CLASSES, (0.1307,), (0.3081,), _torchvision("MNIST", "MNIST/raw")
-    ),
+    "mnist": DatasetInfo((1, 28, 28), DIGIT_CLASSES, (0.1307,), (0.3081,), _torchvision("MNIST", "MNIST/raw")),
     "fashion-mnist": DatasetInfo(
         (1, 28, 28),
-        ("t-shirt", "trouser", "pullover", "dress", "coat",
-         "sandal", "shirt", "sneaker", "bag", "ankle-boot"),
-        (0.2860,), (0.3530,),
+        ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"),
+        (0.2860,),
+        (0.3530,),
         _torchvision("FashionMNIST", "FashionMNIST/raw"),
     ),  # fmt: skip
     "cifar10": DatasetInfo(
         (3, 32, 32),
-        ("airplane", "automobile", "bird", "cat", "deer",
-         "dog", "frog", "horse", "ship", "truck"),
-        (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
         _torchvision("CIFAR10", "cifar-10-batches-py"),
     ),  # fmt: skip
     "digits": DatasetInfo((1, 28, 28), DIGIT_CLASSES, (0.1559,), (0.2774,), _load_digits),
@@ -135,6 +133,4 @@ def load_dataset(name: str, root: str, download: bool, val_fraction: float, seed
     if n_val >= len(train):
         raise UserError(f"data.val_fraction: {val_fraction} leaves no training samples")
     val_idx, train_idx = order[:n_val], order[n_val:]
-    return Dataset(
-        info, Split(train.x[train_idx], train.y[train_idx]), Split(train.x[val_idx], train.y[val_idx]), test
-    )
+    return Dataset(info, Split(train.x[train_idx], train.y[train_idx]), Split(train.x[val_idx], train.y[val_idx]), test)

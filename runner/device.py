@@ -40,10 +40,14 @@ def resolve_device(requested: str, acc: Accelerators) -> str:
         index = int(requested.partition(":")[2] or 0)
         if index >= acc.cuda_count:
             found = f"only {acc.cuda_count} CUDA device(s)" if acc.cuda_count else "no CUDA GPU"
-            raise UserError(f"device: '{requested}' requested but this machine has {found}; set device = \"auto\" or \"cpu\"")
+            raise UserError(
+                f'device: \'{requested}\' requested but this machine has {found}; set device = "auto" or "cpu"'
+            )
         return f"cuda:{index}"
     if requested == "mps" and not acc.mps:
-        raise UserError("device: 'mps' requested but Apple's MPS is not available here; set device = \"auto\" or \"cpu\"")
+        raise UserError(
+            'device: \'mps\' requested but Apple\'s MPS is not available here; set device = "auto" or "cpu"'
+        )
     return requested
 
 

@@ -85,9 +85,7 @@ def options_type(name: str) -> type[ModelOptions]:
     return entry.options if entry else TorchvisionOptions
 
 
-def build_model(
-    name: str, options: dict[str, Any], in_shape: tuple[int, int, int], num_classes: int
-) -> nn.Module:
+def build_model(name: str, options: dict[str, Any], in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """Build a fresh model for inputs of shape (C, H, W); weights come from torch's RNG."""
     opts = options_type(name).model_validate(options)
     entry = MODELS.get(name)

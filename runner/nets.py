@@ -111,7 +111,5 @@ def _adapt_stem(model: nn.Module, channels: int) -> None:
         raise UserError("model: found no Conv2d to adapt to the dataset's channels")
     parent_name, _, attr = name.rpartition(".")
     old = model.get_submodule(name)
-    new = nn.Conv2d(
-        channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=old.bias is not None
-    )
+    new = nn.Conv2d(channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=old.bias is not None)
     setattr(model.get_submodule(parent_name), attr, new)

@@ -35,7 +35,9 @@ class ProgressDisplay:
                 TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.1%}  {task.fields[rate]:,.0f} samples/s"),
+                TextColumn(
+                    "loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.1%}  {task.fields[rate]:,.0f} samples/s"
+                ),
                 TimeRemainingColumn(),
                 console=console,
                 transient=True,

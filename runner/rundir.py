@@ -1,9 +1,9 @@
 """The run directory's layout: what a run leaves behind, and where.
 
-    <checkpoint.dir>/
-      spec.toml                 the resolved spec (defaults filled in, overrides applied)
-      metrics.jsonl             one JSON object per finished epoch, then a final test record
-      final/model.safetensors   the trained weights, with what is needed to use them as metadata
+<checkpoint.dir>/
+  spec.toml                 the resolved spec (defaults filled in, overrides applied)
+  metrics.jsonl             one JSON object per finished epoch, then a final test record
+  final/model.safetensors   the trained weights, with what is needed to use them as metadata
 """
 
 from __future__ import annotations

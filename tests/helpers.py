@@ -45,7 +45,11 @@ def runner_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout
     return subprocess.run(
         [sys.executable, "-m", "runner", *args],
         cwd=cwd,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])), **(env or {})},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+            **(env or {}),
+        },
         capture_output=True,
         text=True,
         timeout=timeout,

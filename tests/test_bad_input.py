@@ -12,20 +12,48 @@ GOOD = 'name = "job"\nmodel = "mlp"\nepochs = 1\n[data]\ndataset = "digits"\n'
 
 # (spec text or bytes, extra CLI args, text the error must contain)
 CASES = {
-    "typo-key": ('name = "job"\nmodel = "mlp"\nepoch = 1\n[data]\ndataset = "digits"\n', [], "epoch: unknown key (did you mean 'epochs'?)"),
-    "typo-table-key": ('name = "job"\nmodel = "mlp"\n[data]\ndataset = "digits"\nrot = "/x"\n', [], "data.rot: unknown key (did you mean 'root'?)"),
+    "typo-key": (
+        'name = "job"\nmodel = "mlp"\nepoch = 1\n[data]\ndataset = "digits"\n',
+        [],
+        "epoch: unknown key (did you mean 'epochs'?)",
+    ),
+    "typo-table-key": (
+        'name = "job"\nmodel = "mlp"\n[data]\ndataset = "digits"\nrot = "/x"\n',
+        [],
+        "data.rot: unknown key (did you mean 'root'?)",
+    ),
     "unknown-table": (GOOD + "[checkpont]\ndir = 'x'\n", [], "checkpont: unknown key (did you mean 'checkpoint'?)"),
     "wrong-type": (GOOD.replace("epochs = 1", 'epochs = "ten"'), [], "epochs: Input should be a valid integer"),
     "float-for-int": (GOOD.replace("epochs = 1", "epochs = 1.5"), [], "epochs: "),
     "out-of-range": (GOOD + "val_fraction = 1.5\n", [], "data.val_fraction: Input should be less than 1"),
     "negative-lr": (GOOD.replace("epochs = 1", "lr = -0.1"), [], "lr: Input should be greater than 0"),
-    "zero-batch": (GOOD.replace("epochs = 1", "batch_size = 0"), [], "batch_size: Input should be greater than or equal to 1"),
+    "zero-batch": (
+        GOOD.replace("epochs = 1", "batch_size = 0"),
+        [],
+        "batch_size: Input should be greater than or equal to 1",
+    ),
     "unknown-model": (GOOD.replace('"mlp"', '"cnnn"'), [], "model: unknown model 'cnnn' (did you mean 'cnn'?)"),
-    "unknown-model-option": (GOOD + "[model_options]\nhiden = [32]\n", [], "model_options.hiden: unknown key (did you mean 'hidden'?)"),
-    "bad-model-option": (GOOD + "[model_options]\nhidden = [0]\n", [], "model_options.hidden.0: Input should be greater than 0"),
-    "unknown-dataset": (GOOD.replace('"digits"', '"mnsit"'), [], "data.dataset: unknown dataset 'mnsit' (did you mean 'mnist'?)"),
+    "unknown-model-option": (
+        GOOD + "[model_options]\nhiden = [32]\n",
+        [],
+        "model_options.hiden: unknown key (did you mean 'hidden'?)",
+    ),
+    "bad-model-option": (
+        GOOD + "[model_options]\nhidden = [0]\n",
+        [],
+        "model_options.hidden.0: Input should be greater than 0",
+    ),
+    "unknown-dataset": (
+        GOOD.replace('"digits"', '"mnsit"'),
+        [],
+        "data.dataset: unknown dataset 'mnsit' (did you mean 'mnist'?)",
+    ),
     "unknown-device": (GOOD.replace("epochs = 1", 'device = "gpu"'), [], "device: unknown device 'gpu'"),
-    "unknown-optimizer": (GOOD.replace("epochs = 1", 'optimizer = "adamm"'), [], "optimizer: Input should be 'adam', 'adamw' or 'sgd'"),
+    "unknown-optimizer": (
+        GOOD.replace("epochs = 1", 'optimizer = "adamm"'),
+        [],
+        "optimizer: Input should be 'adam', 'adamw' or 'sgd'",
+    ),
     "bad-name": (GOOD.replace('"job"', '"My Job"'), [], "name: 'My Job' must be lowercase"),
     "missing-model": ('name = "job"\n[data]\ndataset = "digits"\n', [], "model: missing (required)"),
     "missing-data": ('name = "job"\nmodel = "mlp"\n', [], "data: missing (required)"),
