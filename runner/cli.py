@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from runner import __version__
-from runner.errors import UserError
+from runner.errors import RunFailed, UserError
 
 app = typer.Typer(
     name="runner",
@@ -36,13 +36,17 @@ SetOpt = Annotated[
     ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar: one plain line per epoch.")]
+FreshOpt = Annotated[bool, typer.Option("--fresh", help="Start over instead of resuming from checkpoint.dir.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="With --fresh: delete what checkpoint.dir holds.")]
 
 
 class Backend(StrEnum):
     local = "local"
 
 
-def _exit_2_on_user_error(command: Callable[..., Any]) -> Callable[..., Any]:
+def _exit_codes(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Expected failures become one line on stderr and the contract's exit code."""
+
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -50,12 +54,18 @@ def _exit_2_on_user_error(command: Callable[..., Any]) -> Callable[..., Any]:
         except UserError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
+        except RunFailed as e:
+            typer.echo(f"failed: {e}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo("aborted", err=True)
+            raise typer.Exit(130) from None
 
     return wrapper
 
 
 def _command(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return app.command()(_exit_2_on_user_error(fn))
+    return app.command()(_exit_codes(fn))
 
 
 def _version(value: bool) -> None:
@@ -74,22 +84,41 @@ def _main(
 
 
 @_command
-def submit(spec: SpecArg, set_: SetOpt = [], backend: Backend = Backend.local, quiet: QuietOpt = False) -> None:
-    """Submit a job to a backend (default: train on this machine)."""
+def submit(
+    spec: SpecArg,
+    set_: SetOpt = [],
+    backend: Backend = Backend.local,
+    quiet: QuietOpt = False,
+    fresh: FreshOpt = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Submit a job to a backend (default: train on this machine). Resumes from its checkpoints."""
     from runner.backends import local
     from runner.spec import load_spec
 
     load_spec(spec, set_)  # bad input fails here, before anything starts
-    raise typer.Exit(local.submit(spec, set_, quiet))
+    flags = [f for f, on in (("--quiet", quiet), ("--fresh", fresh), ("--overwrite", overwrite)) if on]
+    raise typer.Exit(local.submit(spec, set_, flags))
 
 
 @_command
-def run(spec: SpecArg, set_: SetOpt = [], quiet: QuietOpt = False) -> None:
-    """Train a job in this process (what a container runs)."""
+def run(
+    spec: SpecArg,
+    set_: SetOpt = [],
+    quiet: QuietOpt = False,
+    fresh: FreshOpt = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Train a job in this process (what a container runs). Resumes from its checkpoints.
+
+    Exits 143 after saving a checkpoint when stopped by SIGTERM or SIGINT.
+    """
     from runner import job
     from runner.spec import load_spec
 
-    job.run(load_spec(spec, set_), Console(soft_wrap=True), quiet)
+    if overwrite and not fresh:
+        raise UserError("--overwrite only goes with --fresh")
+    raise typer.Exit(job.run(load_spec(spec, set_), Console(soft_wrap=True), quiet, fresh, overwrite))
 
 
 @_command

@@ -173,7 +173,11 @@ class Trainer:
                 events.step(s.batch, s.running)
             train_loss, train_acc = s.running.means()  # synchronises: the timing is honest
             elapsed = time.perf_counter() - started
-            val_loss, val_acc = self.evaluate(self.val)
+            # Preemption can come during evaluation too: stop there, and the resumed run
+            # (batch == batches) evaluates this epoch again.
+            if (val := self.evaluate(self.val, stop)) is None:
+                return False
+            val_loss, val_acc = val
             record = {
                 "epoch": s.epoch + 1,
                 "step": s.step,
@@ -204,22 +208,34 @@ class Trainer:
         s.running.add(loss.detach(), (logits.argmax(1) == y).sum(), len(y))
 
     @torch.no_grad()
-    def evaluate(self, split: Split) -> tuple[float | None, float | None]:
-        """(mean loss, accuracy) on a split, or (None, None) for an empty one."""
+    def evaluate(
+        self, split: Split, stop: Callable[[], bool] = lambda: False
+    ) -> tuple[float | None, float | None] | None:
+        """(mean loss, accuracy) on a split, (None, None) for an empty one, None if stopped."""
         if not len(split):
             return None, None
         model = self.state.model
         model.eval()
         loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        for i in range(0, len(split), EVAL_BATCH):
-            x, y = split.x[i : i + EVAL_BATCH], split.y[i : i + EVAL_BATCH]
-            with self._autocast():
-                logits = model(self._inputs(x))
-            loss += F.cross_entropy(logits.float(), y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
-        model.train()
+        try:
+            for i in range(0, len(split), EVAL_BATCH):
+                if stop():
+                    return None
+                x, y = split.x[i : i + EVAL_BATCH], split.y[i : i + EVAL_BATCH]
+                with self._autocast():
+                    logits = model(self._inputs(x))
+                loss += F.cross_entropy(logits.float(), y, reduction="sum")
+                correct += (logits.argmax(1) == y).sum()
+        finally:
+            model.train()
         return loss.item() / len(split), correct.item() / len(split)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a saved state; a longer `epochs` stretches a cosine schedule to fit."""
+        self.state.load_state_dict(state)
+        if self.state.scheduler is not None:
+            self.state.scheduler.T_max = self.cfg.epochs * self.batches
 
 
 def _optimizer(cfg: TrainSpec, params: Any) -> torch.optim.Optimizer:

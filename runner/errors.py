@@ -7,3 +7,7 @@ class UserError(Exception):
     The message is shown as one line, without a traceback, so it must say what is
     wrong and how to fix it.
     """
+
+
+class RunFailed(Exception):
+    """A failure we can explain in one line (exit code 1): no traceback, the reason."""

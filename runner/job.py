@@ -1,39 +1,52 @@
 """`runner run`: one job, start to finish, in this process.
 
-Everything that can be wrong with the input (device, data, model) is checked
-before the run directory is touched, so bad input writes nothing.
+Everything that can be wrong with the input (device, data, model, a checkpoint of
+another job) is checked before the run directory is written, so bad input writes
+nothing. A run directory with committed checkpoints is resumed from the newest one
+that verifies.
 """
 
 from __future__ import annotations
 
 import json
+import signal
+import time
+import tomllib
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from runner import __version__
+from runner import __version__, storage
+from runner.errors import RunFailed, UserError
 from runner.rundir import FINAL_WEIGHTS, RunDir
-from runner.spec import JobSpec, to_toml
+from runner.spec import JobSpec, resume_conflicts, to_toml
 
 if TYPE_CHECKING:
+    from runner.checkpoint import CheckpointStore, Entry
+    from runner.checkpointer import Checkpointer
     from runner.data import DatasetInfo
     from runner.engine import Trainer, TrainState
 
+PREEMPTED = 143  # 128 + SIGTERM: "stopped, checkpoint saved"; Kubernetes retries it
+CLAIM_TRIES = 5
+
 
 class _Recorder:
-    """engine.Events: metrics.jsonl after every epoch, then the display."""
+    """engine.Events: checkpoints when due, metrics.jsonl after every epoch, the display."""
 
-    def __init__(self, run_dir: RunDir, state: TrainState, display: Any):
-        self.run_dir, self.state, self.display = run_dir, state, display
+    def __init__(self, run_dir: RunDir, state: TrainState, display: Any, checkpointer: Checkpointer):
+        self.run_dir, self.state, self.display, self.checkpointer = run_dir, state, display, checkpointer
 
     def epoch_start(self, epoch: int, batch: int, batches: int) -> None:
         self.display.epoch_start(epoch, batch, batches)
 
     def step(self, batch: int, running: Any) -> None:
+        self.checkpointer.after_step(self.state.step)
         self.display.step(batch, running)
 
     def epoch_end(self, record: dict[str, Any]) -> None:
         self.run_dir.write_metrics(self.state.history)
+        self.checkpointer.after_step(self.state.step, epoch_end=True)
         self.display.epoch_end(record)
 
 
@@ -53,33 +66,111 @@ def build_trainer(spec: JobSpec) -> Trainer:
     return Trainer(spec, model, data, placement)
 
 
-def run(spec: JobSpec, console: Console, quiet: bool = False) -> dict[str, Any]:
-    """Train `spec` and write its run directory. Returns the final (test) record."""
+def run(spec: JobSpec, console: Console, quiet: bool = False, fresh: bool = False, overwrite: bool = False) -> int:
+    """Train `spec` (resuming if its run directory holds a checkpoint). Returns the exit code."""
     import torch
 
+    from runner import checkpoint
+    from runner.checkpointer import Checkpointer
     from runner.progress import ProgressDisplay
+    from runner.signals import Preemption
+
+    def say(message: str) -> None:
+        console.print(message, highlight=False, markup=False)
 
     trainer = build_trainer(spec)
     run_dir = RunDir(spec.checkpoint.dir)
-    run_dir.write_spec(to_toml(spec))
-    console.print(
-        f"{spec.name}: {spec.model} on {spec.data.dataset} "
-        f"({len(trainer.train)} train / {len(trainer.val)} val / {len(trainer.test)} test) on {trainer.placement.device}, "
-        f"{trainer.placement.precision}, {torch.get_num_threads()} CPU threads -> {run_dir.url}",
-        highlight=False,
-    )
+    storage.check_reachable(run_dir.url)
+    if fresh:
+        _start_over(run_dir, overwrite)
+    store = checkpoint.CheckpointStore(run_dir.url, spec.checkpoint.keep)
+    resumed = _claim_and_resume(store, trainer, spec, say)
+    spec_toml = to_toml(spec)
+    run_dir.write_spec(spec_toml)
     state = trainer.state
-    with ProgressDisplay(console, spec.epochs, quiet) as display:
-        trainer.fit(_Recorder(run_dir, state, display))
-    test_loss, test_acc = trainer.evaluate(trainer.test)
+    say(
+        f"{spec.name}: {spec.model} on {spec.data.dataset} "
+        f"({len(trainer.train)} train / {len(trainer.val)} val / {len(trainer.test)} test) on "
+        f"{trainer.placement.device}, {trainer.placement.precision}, {torch.get_num_threads()} CPU threads -> {run_dir.url}"
+    )
+    if resumed:
+        say(f"resumed from step {state.step} (epoch {state.epoch + 1}, batch {state.batch}) of {resumed.file}")
+
+    def snapshot() -> tuple[bytes, dict[str, int]]:
+        position = {"epoch": state.epoch, "batch": state.batch, "step": state.step}
+        return checkpoint.encode(state.state_dict(), spec_toml), position
+
+    ckpt = spec.checkpoint
+    checkpointer = Checkpointer(store, snapshot, ckpt.every_steps, ckpt.every_seconds, state.step, say)
+    try:
+        with Preemption() as preempted:  # held through the saves: a second SIGTERM cannot cut them short
+            with ProgressDisplay(console, spec.epochs, quiet) as display:
+                finished = trainer.fit(_Recorder(run_dir, state, display, checkpointer), preempted)
+                test = trainer.evaluate(trainer.test, preempted) if finished else None
+            if test is None:
+                return _emergency_save(checkpointer, state.step, preempted.signum, say)
+            checkpointer.save_now(state.step, attempts=4)  # the final save fails loudly, never silently
+    finally:
+        checkpointer.close()
+    test_loss, test_acc = test
     final = {"epoch": state.epoch, "step": state.step, "test_loss": test_loss, "test_acc": test_acc}
     run_dir.write_final(state.model.state_dict(), _weights_metadata(spec, trainer.info))
-    run_dir.write_metrics([*state.history, final])
-    console.print(
-        f"done: test_acc {test_acc:.2%} (test_loss {test_loss:.4f}); weights at {run_dir.path(FINAL_WEIGHTS)}",
-        highlight=False,
+    run_dir.write_metrics([*state.history, final])  # last: the final record means "done"
+    say(f"done: test_acc {test_acc:.2%} (test_loss {test_loss:.4f}); weights at {run_dir.path(FINAL_WEIGHTS)}")
+    return 0
+
+
+def _start_over(run_dir: RunDir, overwrite: bool) -> None:
+    if not storage.list_names(run_dir.url):
+        return
+    if not overwrite:
+        raise UserError(
+            f"--fresh: {run_dir.url} already holds a run; add --overwrite to delete it and start over, "
+            "or set checkpoint.dir to a new place"
+        )
+    storage.delete_tree(run_dir.url)
+
+
+def _claim_and_resume(store: CheckpointStore, trainer: Trainer, spec: JobSpec, say: Any) -> Entry | None:
+    """Become the run directory's writer and restore its newest valid checkpoint, if any."""
+    from runner.storage import AlreadyExists
+
+    for _ in range(CLAIM_TRIES):
+        committed = store.refresh()
+        found = store.newest_valid(say)
+        if committed and found is None:
+            raise UserError(
+                f"checkpoint.dir: none of the {len(committed)} committed checkpoints in {store.dir} can be used "
+                "(see above); start over with --fresh --overwrite"
+            )
+        if found is not None:
+            conflicts = resume_conflicts(tomllib.loads(found[0]["spec"]), spec)
+            if conflicts:
+                raise UserError(
+                    f"checkpoint.dir: {spec.checkpoint.dir} holds a checkpoint of a different job: "
+                    f"{', '.join(conflicts)}; resume with the same values, choose another checkpoint.dir, "
+                    "or start over with --fresh --overwrite"
+                )
+        try:
+            store.claim(found[1].file if found else None)
+        except AlreadyExists:
+            continue  # another writer committed meanwhile: read its newest, then claim again
+        if found is None:
+            return None
+        trainer.restore(found[0]["state"])
+        return found[1]
+    raise RunFailed(f"could not claim {store.dir}: another writer keeps committing to it")
+
+
+def _emergency_save(checkpointer: Checkpointer, step: int, signum: int | None, say: Any) -> int:
+    started = time.perf_counter()
+    entry = checkpointer.save_now(step)
+    name = signal.Signals(signum).name if signum else "a signal"
+    say(
+        f"stopped by {name} at step {entry.step}: checkpoint ({entry.size / 1e6:.1f} MB) saved in "
+        f"{time.perf_counter() - started:.2f} s; resubmit to resume"
     )
-    return final
+    return PREEMPTED
 
 
 def _weights_metadata(spec: JobSpec, info: DatasetInfo) -> dict[str, str]:

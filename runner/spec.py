@@ -52,7 +52,10 @@ class DataSpec(_Table):
 
 
 class CheckpointSpec(_Table):
-    dir: str = Field(min_length=1)  # local path or fsspec URL; defaults to runs/<name>
+    dir: str = Field(min_length=1)  # local path or fsspec URL (gs://bucket/prefix); defaults to runs/<name>
+    every_steps: int = Field(0, ge=0)  # 0: off
+    every_seconds: float = Field(300.0, ge=0)  # 0: off; Colab disconnects without warning
+    keep: int = Field(3, ge=1)  # newest checkpoints kept (plus the one a run resumed from)
 
 
 class TrainSpec(_Table):
@@ -173,6 +176,33 @@ def _set(raw: dict[str, Any], keys: list[str], value: Any, text: str) -> None:
         if not isinstance(table, dict):
             raise UserError(f"--set {text}: '{'.'.join(keys[: i + 1])}' is not a table")
     table[keys[-1]] = value
+
+
+# What may differ between a checkpoint's spec and the spec resuming it. Anything else
+# (model, optimizer, data, batch size, seed, ...) changes what the saved state or its
+# position means, so resuming would silently train something else.
+MAY_CHANGE_ON_RESUME = ("epochs", "device", "precision", "threads", "data.root", "data.download", "checkpoint.")
+
+
+def resume_conflicts(saved: Mapping[str, Any], current: JobSpec) -> list[str]:
+    """The dotted keys whose values differ in a way a resume cannot honour, as 'key (old -> new)'."""
+    old, new = _flatten(saved), _flatten(current.model_dump(mode="json"))
+    return [
+        f"{key} ({old.get(key)!r} -> {new.get(key)!r})"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key)
+        and not any(key == k or (k.endswith(".") and key.startswith(k)) for k in MAY_CHANGE_ON_RESUME)
+    ]
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, Mapping) and key != "model_options":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def to_toml(spec: JobSpec) -> str:

@@ -2,29 +2,54 @@
 
 Run directories are URLs kept as strings all the way down (`pathlib.Path` would turn
 `gs://bucket` into `gs:/bucket`), so a local path, `gs://`, `memory://` or any
-other fsspec URL behaves the same.
+other fsspec URL behaves the same. GCS goes through gcsfs with the standard
+credentials (Application Default Credentials, Workload Identity,
+GOOGLE_APPLICATION_CREDENTIALS); STORAGE_EMULATOR_HOST points it at an emulator.
+Transient errors (5xx, 429, timeouts, resets) are retried with exponential backoff
+inside gcsfs; what still fails reaches the caller.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
+from runner.errors import UserError
+
+if os.environ.get("STORAGE_EMULATOR_HOST"):
+    # gcsfs >= 2026 probes every bucket's type over gRPC, which emulators do not
+    # serve: each access would wait out a 60 s timeout. Must be set before gcsfs loads.
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+
+class AlreadyExists(Exception):
+    """A create-only write found the object already there."""
+
 
 def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
 
-def write_bytes(url: str, data: bytes) -> None:
-    """Write `data` to `url` whole: readers see the old file or the new one, never a part."""
+def write_bytes(url: str, data: bytes, create_only: bool = False) -> None:
+    """Write `data` to `url` whole: readers see the old object or the new one, never a part.
+
+    With `create_only`, fail with AlreadyExists if the object exists (on GCS an
+    `ifGenerationMatch=0` precondition, checked by the server, so two writers
+    cannot both succeed).
+    """
     fs, path = url_to_fs(url)
-    if isinstance(fs, LocalFileSystem):
-        _replace_local(path, data)
-    else:
-        fs.pipe_file(path, data)  # an object store makes an upload visible only once complete
+    try:
+        if isinstance(fs, LocalFileSystem):
+            _write_local(path, data, create_only)
+        else:
+            # An object store makes an upload visible only once it is complete.
+            fs.pipe_file(path, data, mode="create" if create_only else "overwrite")
+    except FileExistsError:
+        raise AlreadyExists(url) from None
 
 
 def read_bytes(url: str) -> bytes:
@@ -32,12 +57,73 @@ def read_bytes(url: str) -> bytes:
     return fs.cat_file(path)
 
 
+def md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def stored_size_and_md5(url: str) -> tuple[int, str | None]:
+    """What the store says it holds: size, and the MD5 it computed (None if it keeps none)."""
+    fs, path = url_to_fs(url)
+    info = fs.info(path)
+    digest = info.get("md5Hash")  # GCS: base64 of the binary digest
+    if digest:
+        import base64
+
+        digest = base64.b64decode(digest).hex()
+    return int(info["size"]), digest
+
+
+def list_names(url: str) -> list[str]:
+    """Names (not paths) directly under `url`; [] if there is nothing there."""
+    fs, path = url_to_fs(url)
+    try:
+        entries = fs.ls(path, detail=False, refresh=True)  # another process may have written
+    except FileNotFoundError:
+        return []
+    return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries)
+
+
 def exists(url: str) -> bool:
     fs, path = url_to_fs(url)
     return fs.exists(path)
 
 
-def _replace_local(path: str, data: bytes) -> None:
+def delete(url: str) -> None:
+    fs, path = url_to_fs(url)
+    try:
+        fs.rm(path)
+    except FileNotFoundError:
+        pass
+
+
+def delete_tree(url: str) -> None:
+    fs, path = url_to_fs(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def check_reachable(url: str) -> None:
+    """Fail with a user error, before anything is written, if `url` cannot be used at all."""
+    try:
+        fs, path = url_to_fs(url)
+    except (ValueError, ImportError) as e:
+        raise UserError(f"checkpoint.dir: cannot use '{url}': {e}") from None
+    if isinstance(fs, LocalFileSystem) or "://" not in url:
+        return
+    root = fs._strip_protocol(url).split("/", 1)[0]
+    try:
+        found = fs.exists(root)
+    except Exception as e:  # credentials, permissions, DNS: the message says which
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"checkpoint.dir: cannot reach '{url}': {first}") from None
+    if not found:
+        raise UserError(
+            f"checkpoint.dir: bucket '{root}' of '{url}' does not exist or is not visible to these "
+            f"credentials; create it (gcloud storage buckets create gs://{root}) or fix checkpoint.dir"
+        )
+
+
+def _write_local(path: str, data: bytes, create_only: bool) -> None:
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
@@ -46,8 +132,10 @@ def _replace_local(path: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX
-    except BaseException:
+        if create_only:
+            os.link(tmp, path)  # atomic, and fails if `path` exists
+        else:
+            os.replace(tmp, path)  # atomic on POSIX
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise

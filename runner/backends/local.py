@@ -15,18 +15,14 @@ from collections.abc import Sequence
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def run_command(spec_path: str, overrides: Sequence[str], quiet: bool) -> list[str]:
+def run_command(spec_path: str, overrides: Sequence[str], flags: Sequence[str] = ()) -> list[str]:
     """The `runner run` command line for a spec (pure)."""
-    return [
-        sys.executable, "-m", "runner", "run", spec_path,
-        *(f"--set={o}" for o in overrides),
-        *(["--quiet"] if quiet else []),
-    ]  # fmt: skip
+    return [sys.executable, "-m", "runner", "run", spec_path, *(f"--set={o}" for o in overrides), *flags]
 
 
-def submit(spec_path: str, overrides: Sequence[str], quiet: bool = False) -> int:
+def submit(spec_path: str, overrides: Sequence[str], flags: Sequence[str] = ()) -> int:
     """Run the job to completion in a child process; returns its exit code."""
-    child = subprocess.Popen(run_command(spec_path, overrides, quiet), start_new_session=True)
+    child = subprocess.Popen(run_command(spec_path, overrides, flags), start_new_session=True)
     previous = {sig: signal.signal(sig, lambda s, _: child.send_signal(s)) for sig in FORWARDED}
     try:
         code = child.wait()

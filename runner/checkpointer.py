@@ -1,0 +1,103 @@
+"""When to checkpoint, and uploading in the background while training goes on.
+
+Saves are due every `every_steps` steps, every `every_seconds` seconds (Colab gives
+no warning before it disconnects), and at each epoch end. The state is serialised
+on the training thread, at a step boundary, so the bytes are consistent; the upload
+and commit run on one background thread, at most one in flight. If the store is
+down, training goes on and the save is retried later, with backoff. The emergency
+save (on SIGTERM) and the final save are synchronous.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from runner.checkpoint import CheckpointStore, Entry, Fenced
+from runner.errors import RunFailed
+
+Snapshot = Callable[[], tuple[bytes, dict[str, int]]]  # -> (payload, position)
+
+
+def due(step: int, now: float, last_step: int, last_time: float, every_steps: int, every_seconds: float) -> bool:
+    return bool(every_steps and step - last_step >= every_steps) or bool(every_seconds and now - last_time >= every_seconds)
+
+
+class Checkpointer:
+    def __init__(
+        self,
+        store: CheckpointStore,
+        snapshot: Snapshot,
+        every_steps: int,
+        every_seconds: float,
+        step: int,
+        log: Callable[[str], None],
+    ):
+        self.store, self.snapshot, self.log = store, snapshot, log
+        self.every_steps, self.every_seconds = every_steps, every_seconds
+        self.last_step, self.last_time = step, time.monotonic()
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
+        self.inflight: Future[Entry] | None = None
+        self.pending = False  # a save was asked for (epoch end) or failed, and is still owed
+        self.failures, self.retry_at = 0, 0.0
+
+    def after_step(self, step: int, epoch_end: bool = False) -> None:
+        """Start a background save if one is due and none is in flight. Never blocks."""
+        self.pending |= epoch_end
+        if self.inflight is not None:
+            if not self.inflight.done():
+                return  # at most one in flight; training goes on
+            self._reap()
+        now = time.monotonic()
+        if now < self.retry_at:
+            return
+        if self.pending or due(step, now, self.last_step, self.last_time, self.every_steps, self.every_seconds):
+            self.pending = False
+            self.last_step, self.last_time = step, now
+            payload, position = self.snapshot()
+            self.inflight = self.pool.submit(self.store.commit, payload, position)
+
+    def save_now(self, step: int, attempts: int = 1) -> Entry:
+        """Save synchronously (after any upload in flight); raise RunFailed if it cannot be done."""
+        self.wait()
+        if self.store.entries and self.store.entries[0].step == step:
+            return self.store.entries[0]  # the epoch-end save already holds this very state
+        payload, position = self.snapshot()
+        for attempt in range(attempts):
+            try:
+                entry = self.store.commit(payload, position)
+                self.last_step, self.last_time, self.pending = position["step"], time.monotonic(), False
+                return entry
+            except Fenced:
+                raise
+            except Exception as e:
+                if attempt == attempts - 1:
+                    raise RunFailed(f"could not save the checkpoint at step {position['step']} to {self.store.dir}: {e}") from None
+                delay = 2.0**attempt
+                self.log(f"checkpoint at step {position['step']} failed ({e}); retrying in {delay:.0f} s")
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def wait(self) -> None:
+        """Let the upload in flight finish, and report how it went."""
+        if self.inflight is not None:
+            self.inflight.exception()  # waits
+            self._reap()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    def _reap(self) -> None:
+        future, self.inflight = self.inflight, None
+        assert future is not None
+        error = future.exception()
+        if error is None:
+            self.failures = 0
+            return
+        if isinstance(error, Fenced):
+            raise error
+        self.failures += 1
+        backoff = min(60.0, 2.0**self.failures)
+        self.pending, self.retry_at = True, time.monotonic() + backoff
+        self.log(f"checkpoint failed ({error}); training goes on, retrying in {backoff:.0f} s")
