@@ -14,16 +14,20 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from typing import Any
 
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from runner.errors import UserError
 
-if os.environ.get("STORAGE_EMULATOR_HOST"):
-    # gcsfs >= 2026 probes every bucket's type over gRPC, which emulators do not
-    # serve: each access would wait out a 60 s timeout. Must be set before gcsfs loads.
-    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+def _fs(url: str) -> tuple[Any, str]:
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        # gcsfs >= 2026 probes every bucket's type over gRPC, which emulators do not
+        # serve: each access would wait out a 60 s timeout. Read when gcsfs loads.
+        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    return url_to_fs(url)
 
 
 class AlreadyExists(Exception):
@@ -41,7 +45,7 @@ def write_bytes(url: str, data: bytes, create_only: bool = False) -> None:
     `ifGenerationMatch=0` precondition, checked by the server, so two writers
     cannot both succeed).
     """
-    fs, path = url_to_fs(url)
+    fs, path = _fs(url)
     try:
         if isinstance(fs, LocalFileSystem):
             _write_local(path, data, create_only)
@@ -53,7 +57,7 @@ def write_bytes(url: str, data: bytes, create_only: bool = False) -> None:
 
 
 def read_bytes(url: str) -> bytes:
-    fs, path = url_to_fs(url)
+    fs, path = _fs(url)
     return fs.cat_file(path)
 
 
@@ -63,7 +67,7 @@ def md5(data: bytes) -> str:
 
 def stored_size_and_md5(url: str) -> tuple[int, str | None]:
     """What the store says it holds: size, and the MD5 it computed (None if it keeps none)."""
-    fs, path = url_to_fs(url)
+    fs, path = _fs(url)
     info = fs.info(path)
     digest = info.get("md5Hash")  # GCS: base64 of the binary digest
     if digest:
@@ -75,7 +79,7 @@ def stored_size_and_md5(url: str) -> tuple[int, str | None]:
 
 def list_names(url: str) -> list[str]:
     """Names (not paths) directly under `url`; [] if there is nothing there."""
-    fs, path = url_to_fs(url)
+    fs, path = _fs(url)
     try:
         entries = fs.ls(path, detail=False, refresh=True)  # another process may have written
     except FileNotFoundError:
@@ -84,12 +88,12 @@ def list_names(url: str) -> list[str]:
 
 
 def exists(url: str) -> bool:
-    fs, path = url_to_fs(url)
+    fs, path = _fs(url)
     return fs.exists(path)
 
 
 def delete(url: str) -> None:
-    fs, path = url_to_fs(url)
+    fs, path = _fs(url)
     try:
         fs.rm(path)
     except FileNotFoundError:
@@ -97,7 +101,7 @@ def delete(url: str) -> None:
 
 
 def delete_tree(url: str) -> None:
-    fs, path = url_to_fs(url)
+    fs, path = _fs(url)
     if fs.exists(path):
         fs.rm(path, recursive=True)
 
@@ -105,7 +109,7 @@ def delete_tree(url: str) -> None:
 def check_reachable(url: str) -> None:
     """Fail with a user error, before anything is written, if `url` cannot be used at all."""
     try:
-        fs, path = url_to_fs(url)
+        fs, path = _fs(url)
     except (ValueError, ImportError) as e:
         raise UserError(f"checkpoint.dir: cannot use '{url}': {e}") from None
     if isinstance(fs, LocalFileSystem) or "://" not in url:

