@@ -34,8 +34,9 @@ CLAIM_TRIES = 5
 class _Recorder:
     """engine.Events: checkpoints when due, metrics.jsonl after every epoch, the display."""
 
-    def __init__(self, run_dir: RunDir, state: TrainState, display: Any, checkpointer: Checkpointer):
+    def __init__(self, run_dir: RunDir, state: TrainState, display: Any, checkpointer: Checkpointer, say: Any):
         self.run_dir, self.state, self.display, self.checkpointer = run_dir, state, display, checkpointer
+        self.say = say
 
     def epoch_start(self, epoch: int, batch: int, batches: int) -> None:
         self.display.epoch_start(epoch, batch, batches)
@@ -45,7 +46,10 @@ class _Recorder:
         self.display.step(batch, running)
 
     def epoch_end(self, record: dict[str, Any]) -> None:
-        self.run_dir.write_metrics(self.state.history)
+        try:
+            self.run_dir.write_metrics(self.state.history)
+        except Exception as e:  # the records live in the training state: next epoch writes them all
+            self.say(f"could not write metrics.jsonl ({e}); training goes on, retrying next epoch")
         self.checkpointer.after_step(self.state.step, epoch_end=True)
         self.display.epoch_end(record)
 
@@ -105,7 +109,7 @@ def run(spec: JobSpec, console: Console, quiet: bool = False, fresh: bool = Fals
     try:
         with Preemption() as preempted:  # held through the saves: a second SIGTERM cannot cut them short
             with ProgressDisplay(console, spec.epochs, quiet) as display:
-                finished = trainer.fit(_Recorder(run_dir, state, display, checkpointer), preempted)
+                finished = trainer.fit(_Recorder(run_dir, state, display, checkpointer, say), preempted)
                 test = trainer.evaluate(trainer.test, preempted) if finished else None
             if test is None:
                 return _emergency_save(checkpointer, state.step, preempted.signum, say)

@@ -23,11 +23,17 @@ from runner.errors import UserError
 
 
 def _fs(url: str) -> tuple[Any, str]:
+    if not url.startswith(("gs://", "gcs://")):
+        return url_to_fs(url)
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         # gcsfs >= 2026 probes every bucket's type over gRPC, which emulators do not
         # serve: each access would wait out a 60 s timeout. Read when gcsfs loads.
         os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-    return url_to_fs(url)
+    import aiohttp
+
+    # Without a read timeout a request whose answer never comes hangs forever (seen
+    # with an emulator); with one, it fails as a retriable error and gcsfs retries it.
+    return url_to_fs(url, requests_timeout=aiohttp.ClientTimeout(sock_connect=10, sock_read=30))
 
 
 class AlreadyExists(Exception):

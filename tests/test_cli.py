@@ -94,3 +94,30 @@ def test_submit_forwards_sigterm_to_the_training_process(tmp_path: Path) -> None
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM  # the child got it, and died of it
+
+
+MLP = ["--set", "model=mlp", "--set", "model_options={}", "--set", "threads=1", "--quiet"]
+
+
+def test_resubmitting_resumes_extends_and_refuses_another_job(tmp_path: Path) -> None:
+    spec = str(JOBS / "digits.toml")
+    first = runner_cli("submit", spec, *MLP, "--set", "epochs=1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    records = tmp_path / "runs/digits/checkpoints/commits"
+    before = sorted(p.name for p in records.iterdir())
+
+    changed = runner_cli("submit", spec, *MLP, "--set", "epochs=1", "--set", "batch_size=32", cwd=tmp_path)
+    assert changed.returncode == 2
+    assert "holds a checkpoint of a different job: batch_size (64 -> 32)" in changed.stderr
+    assert sorted(p.name for p in records.iterdir()) == before  # refused before writing anything
+
+    longer = runner_cli("submit", spec, *MLP, "--set", "epochs=2", cwd=tmp_path)
+    assert longer.returncode == 0, longer.stderr
+    assert "resumed from step 21 (epoch 2, batch 0)" in longer.stdout
+    assert [r.get("epoch") for r in read_metrics(tmp_path / "runs/digits")] == [1, 2, 2]  # two epochs + final
+
+    refused = runner_cli("submit", spec, *MLP, "--fresh", cwd=tmp_path)
+    assert refused.returncode == 2 and "add --overwrite" in refused.stderr
+    again = runner_cli("submit", spec, *MLP, "--set", "epochs=1", "--fresh", "--overwrite", cwd=tmp_path)
+    assert again.returncode == 0 and "resumed" not in again.stdout
+    assert len(read_metrics(tmp_path / "runs/digits")) == 2

@@ -1,0 +1,154 @@
+"""Exact resume across real processes: SIGKILL at random moments, SIGTERM/SIGINT twice in
+one epoch, a store that goes down — each ends with final weights bitwise equal to a run
+that was never interrupted. Checkpoints go to the GCS emulator over HTTP."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from tests.conftest import make_bucket
+from tests.helpers import JOBS, REPO, FlakyProxy, read_weights, runner_cli, same_tensors
+
+# The CNN with dropout and Adam, small batches: 41 steps an epoch, a checkpoint every 3.
+SPEC = ["--set=device=cpu", "--set=threads=1", "--set=epochs=2", "--set=batch_size=32", "--set=checkpoint.every_steps=3"]
+STEPS_PER_EPOCH = 41
+
+
+def start(command: str, run_dir: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", command, str(JOBS / "digits.toml"), *SPEC, f"--set=checkpoint.dir={run_dir}", "--quiet"],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONFAULTHANDLER": "1", "PYTHONUNBUFFERED": "1", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_until_training(proc: subprocess.Popen) -> list[str]:
+    """Read output up to the header line printed just before the first step."""
+    lines = []
+    while line := proc.stdout.readline():
+        lines.append(line)
+        if line.startswith("digits: "):
+            return lines
+    raise AssertionError(f"exited {proc.wait()} before training:\n{''.join(lines)}")
+
+
+def finish(proc: subprocess.Popen, lines: list[str], timeout: float = 180) -> tuple[int, str]:
+    """Wait for the process to end; its whole output (the reader's buffer included)."""
+    rest: list[str] = []
+    reader = threading.Thread(target=lambda: rest.append(proc.stdout.read()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if reader.is_alive():
+        proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+        reader.join(30)
+        raise AssertionError(f"hung; its threads:\n{''.join(lines)}{''.join(rest)}")
+    return proc.wait(), "".join(lines) + "".join(rest)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The final weights of the same spec, run once without interruption."""
+    cwd = tmp_path_factory.mktemp("reference")
+    result = runner_cli("run", str(JOBS / "digits.toml"), *SPEC, "--set=checkpoint.dir=ref", "--quiet", cwd=cwd)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return read_weights(cwd / "ref" / "final" / "model.safetensors")
+
+
+def final_weights(run_dir: str) -> dict:
+    import fsspec
+
+    with fsspec.open(f"{run_dir}/final/model.safetensors", "rb") as f:
+        from safetensors.torch import load
+
+        return load(f.read())
+
+
+def test_sigkill_at_random_moments_then_resubmit_ends_bitwise_equal(reference: dict, bucket: str, tmp_path: Path) -> None:
+    run_dir = f"{bucket}/runs/killed"
+    rng = random.Random(20261122)
+    kills, resumed_steps, log = 0, [], []
+    for _ in range(10):
+        proc = start("run", run_dir, tmp_path)
+        lines = wait_until_training(proc)
+        if kills < 4:
+            time.sleep(rng.uniform(0.3, 2.0))  # during a step, an upload, or an evaluation
+            if proc.poll() is None:
+                proc.kill()
+                kills += 1
+        code, out = finish(proc, lines)
+        log.append(f"--- exit {code}\n{out}")
+        resumed_steps += [int(s) for s in re.findall(r"resumed from step (\d+)", out)]
+        if code == 0:
+            break
+        assert code == -signal.SIGKILL, "\n".join(log)
+    assert kills == 4 and code == 0, "\n".join(log)
+    # Each attempt after the first resumed, further on than the one before.
+    assert len(resumed_steps) == 4 and resumed_steps == sorted(resumed_steps), "\n".join(log)
+    assert same_tensors(final_weights(run_dir), reference)
+
+
+def test_sigterm_twice_inside_one_epoch_saves_exits_143_and_resumes_exactly(
+    reference: dict, bucket: str, tmp_path: Path
+) -> None:
+    run_dir = f"{bucket}/runs/preempted"
+    stopped_at = []
+    for _ in range(2):
+        proc = start("run", run_dir, tmp_path)
+        lines = wait_until_training(proc)
+        time.sleep(0.8)
+        proc.send_signal(signal.SIGTERM)  # what the kubelet sends on preemption
+        code, out = finish(proc, lines)
+        assert code == 143, out
+        step = int(re.search(r"stopped by SIGTERM at step (\d+): checkpoint \([\d.]+ MB\) saved in [\d.]+ s", out)[1])
+        stopped_at.append(step)
+    assert stopped_at[0] <= stopped_at[1] < STEPS_PER_EPOCH  # both stops inside the first epoch
+    code, out = finish(proc := start("run", run_dir, tmp_path), [])
+    assert code == 0 and f"resumed from step {stopped_at[1]} (epoch 1, batch {stopped_at[1]})" in out, out
+    assert same_tensors(final_weights(run_dir), reference)
+
+
+def test_submit_forwards_sigint_and_the_job_saves_and_exits_143(reference: dict, bucket: str, tmp_path: Path) -> None:
+    run_dir = f"{bucket}/runs/interrupted"
+    proc = start("submit", run_dir, tmp_path)
+    lines = wait_until_training(proc)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C, sent to `runner submit` alone
+    code, out = finish(proc, lines)
+    assert code == 143 and "stopped by SIGINT" in out, out
+    code, out = finish(start("submit", run_dir, tmp_path), [])
+    assert code == 0 and "resumed from step" in out, out
+    assert same_tensors(final_weights(run_dir), reference)
+
+
+def test_a_store_that_goes_down_for_a_while_is_survived(reference: dict, gcs_emulator: str, tmp_path: Path) -> None:
+    proxy = FlakyProxy(urlparse(gcs_emulator).port)
+    bucket = make_bucket(gcs_emulator)
+    run_dir = f"gs://{bucket}/runs/outage"
+    try:
+        proc = start("run", run_dir, tmp_path, env={"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{proxy.port}"})
+        lines = wait_until_training(proc)
+        time.sleep(1.0)
+        proxy.down()
+        time.sleep(4.0)
+        proxy.up()
+        code, out = finish(proc, lines)
+    finally:
+        proxy.close()
+    assert code == 0, out
+    assert proxy.refused > 0  # the outage was felt
+    assert same_tensors(final_weights(run_dir), reference)
