@@ -91,7 +91,9 @@ class CheckpointStore:
         except FileNotFoundError:
             raise Corrupt("its payload is missing") from None
         if len(data) != entry.size or storage.md5(data) != entry.md5:
-            raise Corrupt(f"{len(data)} bytes with MD5 {storage.md5(data)}, committed as {entry.size} bytes, {entry.md5}")
+            raise Corrupt(
+                f"{len(data)} bytes with MD5 {storage.md5(data)}, committed as {entry.size} bytes, {entry.md5}"
+            )
         try:
             # weights_only: tensors and plain containers only; a pickle that would run code is refused.
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -139,7 +141,9 @@ class CheckpointStore:
         size, digest = storage.stored_size_and_md5(url)
         if size != entry.size or (digest is not None and digest != entry.md5):
             storage.delete(url)
-            raise OSError(f"the store holds {size} bytes (MD5 {digest}) of {entry.file}, written {entry.size} ({entry.md5})")
+            raise OSError(
+                f"the store holds {size} bytes (MD5 {digest}) of {entry.file}, written {entry.size} ({entry.md5})"
+            )
         previous = self.entries
         self.entries = retain([entry, *previous], self.keep, self.pinned)
         try:

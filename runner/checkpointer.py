@@ -21,7 +21,9 @@ Snapshot = Callable[[], tuple[bytes, dict[str, int]]]  # -> (payload, position)
 
 
 def due(step: int, now: float, last_step: int, last_time: float, every_steps: int, every_seconds: float) -> bool:
-    return bool(every_steps and step - last_step >= every_steps) or bool(every_seconds and now - last_time >= every_seconds)
+    return bool(every_steps and step - last_step >= every_steps) or bool(
+        every_seconds and now - last_time >= every_seconds
+    )
 
 
 class Checkpointer:
@@ -73,7 +75,9 @@ class Checkpointer:
                 raise
             except Exception as e:
                 if attempt == attempts - 1:
-                    raise RunFailed(f"could not save the checkpoint at step {position['step']} to {self.store.dir}: {e}") from None
+                    raise RunFailed(
+                        f"could not save the checkpoint at step {position['step']} to {self.store.dir}: {e}"
+                    ) from None
                 delay = 2.0**attempt
                 self.log(f"checkpoint at step {position['step']} failed ({e}); retrying in {delay:.0f} s")
                 time.sleep(delay)

@@ -119,6 +119,7 @@ class Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the planted file is a plain pickle
 def test_a_planted_malicious_pickle_does_not_run(bucket: str, tmp_path: Path) -> None:
     run = f"{bucket}/runs/a"
     store = fresh_store(run)

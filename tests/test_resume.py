@@ -21,13 +21,28 @@ from tests.conftest import make_bucket
 from tests.helpers import JOBS, REPO, FlakyProxy, read_weights, runner_cli, same_tensors
 
 # The CNN with dropout and Adam, small batches: 41 steps an epoch, a checkpoint every 3.
-SPEC = ["--set=device=cpu", "--set=threads=1", "--set=epochs=2", "--set=batch_size=32", "--set=checkpoint.every_steps=3"]
+SPEC = [
+    "--set=device=cpu",
+    "--set=threads=1",
+    "--set=epochs=2",
+    "--set=batch_size=32",
+    "--set=checkpoint.every_steps=3",
+]
 STEPS_PER_EPOCH = 41
 
 
 def start(command: str, run_dir: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "runner", command, str(JOBS / "digits.toml"), *SPEC, f"--set=checkpoint.dir={run_dir}", "--quiet"],
+        [
+            sys.executable,
+            "-m",
+            "runner",
+            command,
+            str(JOBS / "digits.toml"),
+            *SPEC,
+            f"--set=checkpoint.dir={run_dir}",
+            "--quiet",
+        ],
         cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONFAULTHANDLER": "1", "PYTHONUNBUFFERED": "1", **(env or {})},
         stdout=subprocess.PIPE,
@@ -78,7 +93,9 @@ def final_weights(run_dir: str) -> dict:
         return load(f.read())
 
 
-def test_sigkill_at_random_moments_then_resubmit_ends_bitwise_equal(reference: dict, bucket: str, tmp_path: Path) -> None:
+def test_sigkill_at_random_moments_then_resubmit_ends_bitwise_equal(
+    reference: dict, bucket: str, tmp_path: Path
+) -> None:
     run_dir = f"{bucket}/runs/killed"
     rng = random.Random(20261122)
     kills, resumed_steps, log = 0, [], []
