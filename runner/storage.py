@@ -11,6 +11,7 @@ inside gcsfs; what still fails reaches the caller.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import uuid
@@ -100,10 +101,8 @@ def exists(url: str) -> bool:
 
 def delete(url: str) -> None:
     fs, path = _fs(url)
-    try:
+    with contextlib.suppress(FileNotFoundError):
         fs.rm(path)
-    except FileNotFoundError:
-        pass
 
 
 def delete_tree(url: str) -> None:
