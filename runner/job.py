@@ -97,7 +97,9 @@ def run(spec: JobSpec, console: Console, quiet: bool = False, fresh: bool = Fals
         f"({len(trainer.train)} train / {len(trainer.val)} val / {len(trainer.test)} test) on "
         f"{trainer.placement.device}, {trainer.placement.precision}, {torch.get_num_threads()} CPU threads -> {run_dir.url}"
     )
-    if resumed:
+    if resumed and state.epoch >= spec.epochs:
+        say(f"already trained to epoch {state.epoch} (step {state.step}, {resumed.file}); evaluating again")
+    elif resumed:
         say(f"resumed from step {state.step} (epoch {state.epoch + 1}, batch {state.batch}) of {resumed.file}")
 
     def snapshot() -> tuple[bytes, dict[str, int]]:
@@ -119,20 +121,20 @@ def run(spec: JobSpec, console: Console, quiet: bool = False, fresh: bool = Fals
     test_loss, test_acc = test
     final = {"epoch": state.epoch, "step": state.step, "test_loss": test_loss, "test_acc": test_acc}
     run_dir.write_final(state.model.state_dict(), _weights_metadata(spec, trainer.info))
-    run_dir.write_metrics([*state.history, final])  # last: the final record means "done"
+    run_dir.write_metrics([*state.history, final], final=True)  # last: the final record means "done"
     say(f"done: test_acc {test_acc:.2%} (test_loss {test_loss:.4f}); weights at {run_dir.path(FINAL_WEIGHTS)}")
     return 0
 
 
 def _start_over(run_dir: RunDir, overwrite: bool) -> None:
-    if not storage.list_names(run_dir.url):
+    if not run_dir.looks_like_a_run():
         return
     if not overwrite:
         raise UserError(
             f"--fresh: {run_dir.url} already holds a run; add --overwrite to delete it and start over, "
             "or set checkpoint.dir to a new place"
         )
-    storage.delete_tree(run_dir.url)
+    run_dir.delete_run()
 
 
 def _claim_and_resume(store: CheckpointStore, trainer: Trainer, spec: JobSpec, say: Any) -> Entry | None:

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from runner import storage
@@ -16,11 +17,18 @@ from runner import storage
 SPEC = "spec.toml"
 METRICS = "metrics.jsonl"
 FINAL_WEIGHTS = "final/model.safetensors"
+CHECKPOINTS = "checkpoints"
+OWNED = (SPEC, METRICS, CHECKPOINTS, "final")  # what `--fresh --overwrite` may delete
+
+# GCS takes about one write per second to the same object name; faster rewrites get
+# 429s and stall in retries. Epochs of a small model on a GPU can be shorter than that.
+METRICS_MIN_INTERVAL_S = 1.0
 
 
 class RunDir:
     def __init__(self, url: str):
         self.url = url
+        self._metrics_written = -float("inf")
 
     def path(self, name: str) -> str:
         return storage.join(self.url, name)
@@ -28,10 +36,30 @@ class RunDir:
     def write_spec(self, toml_text: str) -> None:
         storage.write_bytes(self.path(SPEC), toml_text.encode())
 
-    def write_metrics(self, records: list[dict[str, Any]]) -> None:
-        # Rewritten whole each time: object stores have no append, and the records are small.
+    def write_metrics(self, records: list[dict[str, Any]], final: bool = False) -> bool:
+        """Rewrite metrics.jsonl whole (object stores have no append; the records are small).
+
+        At most once per METRICS_MIN_INTERVAL_S: an earlier call is skipped (the next
+        one writes every record), except the final one, which waits its turn.
+        """
+        wait = self._metrics_written + METRICS_MIN_INTERVAL_S - time.monotonic()
+        if wait > 0:
+            if not final:
+                return False
+            time.sleep(wait)
         lines = "".join(json.dumps(r) + "\n" for r in records)
         storage.write_bytes(self.path(METRICS), lines.encode())
+        self._metrics_written = time.monotonic()
+        return True
+
+    def looks_like_a_run(self) -> bool:
+        names = storage.list_names(self.url)
+        return SPEC in names or CHECKPOINTS in names
+
+    def delete_run(self) -> None:
+        """Delete what a run writes here, and nothing else."""
+        for name in OWNED:
+            storage.delete_tree(self.path(name))
 
     def read_metrics(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in storage.read_bytes(self.path(METRICS)).decode().splitlines()]

@@ -116,8 +116,10 @@ def test_resubmitting_resumes_extends_and_refuses_another_job(tmp_path: Path) ->
     assert "resumed from step 21 (epoch 2, batch 0)" in longer.stdout
     assert [r.get("epoch") for r in read_metrics(tmp_path / "runs/digits")] == [1, 2, 2]  # two epochs + final
 
+    (tmp_path / "runs/digits/notes.txt").write_text("mine")  # not the run's: --overwrite must spare it
     refused = runner_cli("submit", spec, *MLP, "--fresh", cwd=tmp_path)
     assert refused.returncode == 2 and "add --overwrite" in refused.stderr
     again = runner_cli("submit", spec, *MLP, "--set", "epochs=1", "--fresh", "--overwrite", cwd=tmp_path)
     assert again.returncode == 0 and "resumed" not in again.stdout
     assert len(read_metrics(tmp_path / "runs/digits")) == 2
+    assert (tmp_path / "runs/digits/notes.txt").read_text() == "mine"

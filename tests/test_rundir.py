@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from runner.rundir import RunDir
+
+
+def test_metrics_are_rewritten_at_most_once_a_second_but_the_final_write_always_lands(tmp_path: Path) -> None:
+    run = RunDir(str(tmp_path))
+    assert run.write_metrics([{"epoch": 1}])
+    assert not run.write_metrics([{"epoch": 1}, {"epoch": 2}])  # too soon for GCS: skipped
+    assert run.read_metrics() == [{"epoch": 1}]
+    assert run.write_metrics([{"epoch": 1}, {"epoch": 2}, {"test_acc": 0.9}], final=True)  # waits its turn
+    assert run.read_metrics()[-1] == {"test_acc": 0.9}
+
+
+def test_only_a_run_directory_looks_like_one(tmp_path: Path) -> None:
+    assert not RunDir(str(tmp_path)).looks_like_a_run()
+    (tmp_path / "spec.toml").write_text("")
+    assert RunDir(str(tmp_path)).looks_like_a_run()
