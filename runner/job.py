@@ -88,7 +88,10 @@ def run(spec: JobSpec, console: Console, quiet: bool = False, fresh: bool = Fals
     if fresh:
         _start_over(run_dir, overwrite)
     store = checkpoint.CheckpointStore(run_dir.url, spec.checkpoint.keep)
-    resumed = _claim_and_resume(store, trainer, spec, say)
+    try:
+        resumed = _claim_and_resume(store, trainer, spec, say)
+    except OSError as e:
+        raise storage.failure(run_dir.url, e) from None
     spec_toml = to_toml(spec)
     run_dir.write_spec(spec_toml)
     state = trainer.state

@@ -20,7 +20,7 @@ from typing import Any
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
-from runner.errors import UserError
+from runner.errors import RunFailed, UserError
 
 
 def _fs(url: str) -> tuple[Any, str]:
@@ -130,6 +130,15 @@ def check_reachable(url: str) -> None:
             f"checkpoint.dir: bucket '{root}' of '{url}' does not exist or is not visible to these "
             f"credentials; create it (gcloud storage buckets create gs://{root}) or fix checkpoint.dir"
         )
+
+
+def failure(url: str, error: OSError) -> UserError | RunFailed:
+    """A store error as what it means: the user's to fix (exit 2), or a failure that a
+    retry may get past (exit 1; Kubernetes retries it)."""
+    refused = isinstance(error, PermissionError | NotADirectoryError | IsADirectoryError)
+    if refused or str(error).startswith("Forbidden"):  # gcsfs raises OSError("Forbidden: ...") on 403
+        return UserError(f"checkpoint.dir: cannot write to {url}: {error}")
+    return RunFailed(f"checkpoint.dir: {url} is unreachable: {error}")
 
 
 def _write_local(path: str, data: bytes, create_only: bool) -> None:
