@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from runner.checkpointer import Checkpointer
     from runner.data import DatasetInfo
     from runner.engine import Trainer, TrainState
+    from runner.signals import Preemption
 
 PREEMPTED = 143  # 128 + SIGTERM: "stopped, checkpoint saved"; Kubernetes retries it
 CLAIM_TRIES = 5
@@ -72,12 +73,20 @@ def build_trainer(spec: JobSpec) -> Trainer:
 
 def run(spec: JobSpec, console: Console, quiet: bool = False, fresh: bool = False, overwrite: bool = False) -> int:
     """Train `spec` (resuming if its run directory holds a checkpoint). Returns the exit code."""
+    from runner.signals import Preemption
+
+    # From the start: a SIGTERM while data loads is honoured at the first step, and one
+    # during the final saves cannot cut them short.
+    with Preemption() as preempted:
+        return _run(spec, console, quiet, fresh, overwrite, preempted)
+
+
+def _run(spec: JobSpec, console: Console, quiet: bool, fresh: bool, overwrite: bool, preempted: Preemption) -> int:
     import torch
 
     from runner import checkpoint
     from runner.checkpointer import Checkpointer
     from runner.progress import ProgressDisplay
-    from runner.signals import Preemption
 
     def say(message: str) -> None:
         console.print(message, highlight=False, markup=False)
@@ -112,13 +121,12 @@ def run(spec: JobSpec, console: Console, quiet: bool = False, fresh: bool = Fals
     ckpt = spec.checkpoint
     checkpointer = Checkpointer(store, snapshot, ckpt.every_steps, ckpt.every_seconds, state.step, say)
     try:
-        with Preemption() as preempted:  # held through the saves: a second SIGTERM cannot cut them short
-            with ProgressDisplay(console, spec.epochs, quiet) as display:
-                finished = trainer.fit(_Recorder(run_dir, state, display, checkpointer, say), preempted)
-                test = trainer.evaluate(trainer.test, preempted) if finished else None
-            if test is None:
-                return _emergency_save(checkpointer, state.step, preempted.signum, say)
-            checkpointer.save_now(state.step, attempts=4)  # the final save fails loudly, never silently
+        with ProgressDisplay(console, spec.epochs, quiet) as display:
+            finished = trainer.fit(_Recorder(run_dir, state, display, checkpointer, say), preempted)
+            test = trainer.evaluate(trainer.test, preempted) if finished else None
+        if test is None:
+            return _emergency_save(checkpointer, state.step, preempted.signum, say)
+        checkpointer.save_now(state.step, attempts=4)  # the final save fails loudly, never silently
     finally:
         checkpointer.close()
     test_loss, test_acc = test

@@ -141,7 +141,7 @@ def test_torchvision_model_option_it_does_not_know(tmp_path: Path) -> None:
 
 def test_a_checkpoint_dir_that_cannot_be_written(tmp_path: Path) -> None:
     (tmp_path / "blocked").write_text("a file where the run directory's parent should be")
-    (tmp_path / "job.toml").write_text(GOOD.replace("epochs = 1", 'epochs = 1\nthreads = 1'))
+    (tmp_path / "job.toml").write_text(GOOD.replace("epochs = 1", "epochs = 1\nthreads = 1"))
     result = runner_cli("submit", "job.toml", "--set", "checkpoint.dir=blocked/run", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: checkpoint.dir: cannot write to blocked/run: ")
