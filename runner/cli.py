@@ -138,5 +138,56 @@ def validate(
     )
 
 
+class Builder(StrEnum):
+    docker = "docker"
+    podman = "podman"
+    buildah = "buildah"
+
+
+@_command
+def build(
+    spec: SpecArg,
+    set_: SetOpt = [],
+    push: Annotated[bool, typer.Option("--push", help="Push the image after building it.")] = False,
+    builder: Annotated[Builder, typer.Option("--builder", help="The tool that builds the image.")] = Builder.docker,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands instead of running them.")] = False,
+) -> None:
+    """Build the job's image, tagged by content, under its [image] repository."""
+    import shlex
+
+    from runner import image as images
+    from runner.spec import load_spec
+
+    resolved = load_spec(spec, set_)
+    ref = images.reference(resolved.image)
+    commands = images.build_commands(ref, resolved.image, builder.value, push)
+    if dry_run:
+        typer.echo("\n".join(shlex.join(c) for c in commands))
+        return
+    images.run_commands(commands, images.source_root())  # type: ignore[arg-type]
+    typer.echo(ref)
+
+
+@_command
+def render(
+    spec: SpecArg,
+    set_: SetOpt = [],
+    schedule: Annotated[
+        str, typer.Option("--schedule", metavar="CRON", help='Render a CronJob on this schedule, e.g. "0 3 * * *".')
+    ] = "",
+    image: Annotated[
+        str, typer.Option("--image", help="Image to run (default: [image] repository, content tag).")
+    ] = "",
+) -> None:
+    """Print the Kubernetes objects `submit --backend k8s` would create, as YAML."""
+    from runner import image as images
+    from runner import manifests
+    from runner.spec import load_spec, to_toml
+
+    resolved = load_spec(spec, [*set_, *([f"schedule.cron={schedule}"] if schedule else [])])
+    objects = manifests.render(resolved, to_toml(resolved), image or images.reference(resolved.image))
+    typer.echo(manifests.to_yaml(objects), nl=False)
+
+
 def main() -> None:
     app()

@@ -58,6 +58,44 @@ class CheckpointSpec(_Table):
     keep: int = Field(3, ge=1)  # newest checkpoints kept (plus the one a run resumed from)
 
 
+QUANTITY_CPU = r"^\d+(\.\d+)?m?$"  # Kubernetes quantities: "2", "500m"
+QUANTITY_MEMORY = r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"  # "8Gi"
+
+
+class ResourcesSpec(_Table):
+    """What the job asks of a cluster (Kubernetes backend)."""
+
+    gpus: int = Field(0, ge=0, le=16)  # nvidia.com/gpu
+    accelerator: str = ""  # GKE's cloud.google.com/gke-accelerator, e.g. "nvidia-l4"
+    spot: bool = False  # run on spot (preemptible) nodes
+    cpu: str = Field("2", pattern=QUANTITY_CPU)
+    memory: str = Field("8Gi", pattern=QUANTITY_MEMORY)
+    retries: int = Field(6, ge=0)  # failures allowed (backoffLimit); preemptions never count
+    deadline_hours: float = Field(72.0, gt=0)  # activeDeadlineSeconds
+    ttl_hours: float = Field(24.0, ge=0)  # finished Jobs are deleted after this
+    grace_seconds: int = Field(30, ge=5)  # time from SIGTERM to SIGKILL: the emergency save must fit
+    service_account: str = ""  # Kubernetes service account (bound to a Google one: Workload Identity)
+    gcs_secret: str = ""  # or a Secret holding a Google service-account key as key.json
+
+
+class ImageSpec(_Table):
+    repository: str = Field("runner", min_length=1)  # e.g. us-docker.pkg.dev/my-project/ml/runner
+    base: str = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"  # the CUDA PyTorch image built on
+
+
+class ScheduleSpec(_Table):
+    cron: str = ""  # "0 3 * * *": re-run on this schedule (a CronJob); "" = not scheduled
+    time_zone: str = "Etc/UTC"
+    starting_deadline_s: int = Field(3600, ge=10)  # a run that could not start by then is skipped
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, v: str) -> str:
+        if v and len(v.split()) != 5 and not v.startswith("@"):
+            raise ValueError(f"'{v}' is not a cron schedule: five fields, e.g. \"0 3 * * *\"")
+        return v
+
+
 class TrainSpec(_Table):
     """The fields the training engine reads (and nothing else)."""
 
@@ -80,6 +118,9 @@ class JobSpec(TrainSpec):
     threads: int = Field(0, ge=0, le=1024)  # CPU threads; 0 = the cores this process may use
     data: DataSpec
     checkpoint: CheckpointSpec
+    resources: ResourcesSpec = ResourcesSpec()
+    image: ImageSpec = ImageSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
 
     @model_validator(mode="before")
     @classmethod
@@ -181,7 +222,10 @@ def _set(raw: dict[str, Any], keys: list[str], value: Any, text: str) -> None:
 # What may differ between a checkpoint's spec and the spec resuming it. Anything else
 # (model, optimizer, data, batch size, seed, ...) changes what the saved state or its
 # position means, so resuming would silently train something else.
-MAY_CHANGE_ON_RESUME = ("epochs", "device", "precision", "threads", "data.root", "data.download", "checkpoint.")
+MAY_CHANGE_ON_RESUME = (
+    *("epochs", "device", "precision", "threads", "data.root", "data.download"),
+    *("checkpoint.", "resources.", "image.", "schedule."),
+)
 
 
 def resume_conflicts(saved: Mapping[str, Any], current: JobSpec) -> list[str]:

@@ -1,0 +1,139 @@
+"""Rendered Kubernetes objects: valid against the upstream schemas (strict, offline),
+pinned by golden files, and the k8s/ folder kept in sync with `runner render`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from runner.manifests import render, to_yaml
+from runner.spec import load_spec, to_toml
+from tests.helpers import JOBS, REPO, runner_cli
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"  # regenerate golden files and k8s/ after a deliberate change
+IMAGE = "us-docker.pkg.dev/my-project/ml/runner:0123456789abcdef"
+BUCKET = "checkpoint.dir=gs://my-bucket/runs/cnn"
+GPU_SPOT = ["resources.gpus=1", "resources.accelerator=nvidia-l4", "resources.spot=true"]
+
+VARIANTS = {
+    "job-cpu": [BUCKET],
+    "job-gpu-spot": [BUCKET, *GPU_SPOT, "resources.service_account=trainer"],
+    "job-gpu-secret": [BUCKET, "resources.gpus=1", "resources.gcs_secret=gcs-key"],
+    "cronjob": [BUCKET, "schedule.cron=0 3 * * *"],
+    "cronjob-gpu-spot": [BUCKET, *GPU_SPOT, "schedule.cron=0 3 * * *", "schedule.time_zone=Europe/Paris"],
+}
+
+
+def rendered(overrides: list[str]) -> list[dict]:
+    spec = load_spec(str(JOBS / "cnn.toml"), overrides)
+    return render(spec, to_toml(spec), IMAGE)
+
+
+def check_golden(path: Path, text: str) -> None:
+    if UPDATE:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.read_text() == text, f"{path} differs from what runner renders; rerun with UPDATE_GOLDEN=1 if meant"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_manifest_passes_strict_validation_against_the_upstream_schemas(variant: str) -> None:
+    for manifest in rendered(VARIANTS[variant]):
+        kubernetes_validate.validate(manifest, kubernetes_validate.latest_version(), strict=True)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_golden(variant: str) -> None:
+    check_golden(GOLDEN / f"cnn-{variant}.yaml", to_yaml(rendered(VARIANTS[variant])))
+
+
+def pod_of(manifest: dict) -> dict:
+    spec = manifest["spec"]
+    return (spec["jobTemplate"]["spec"] if manifest["kind"] == "CronJob" else spec)["template"]["spec"]
+
+
+def test_preemptions_are_free_bad_input_fails_fast_other_failures_count() -> None:
+    config_map, job = rendered(VARIANTS["job-gpu-spot"])
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    assert rules[1]["action"] == "FailJob" and rules[1]["onExitCodes"]["values"] == [2]
+    assert rules[2]["action"] == "Count"
+    pod = pod_of(job)
+    assert pod["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] == 6
+    assert pod["terminationGracePeriodSeconds"] == 30
+    container = pod["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4", "cloud.google.com/gke-spot": "true"}
+    assert {t["key"] for t in pod["tolerations"]} == {"nvidia.com/gpu", "cloud.google.com/gke-spot"}
+    assert pod["serviceAccountName"] == "trainer"  # Workload Identity: no key anywhere
+    assert pod["securityContext"]["runAsNonRoot"] and container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["args"] == ["run", "/etc/runner/spec.toml"]  # every retry: same spec, same checkpoint dir
+    assert load_spec_text(config_map["data"]["spec.toml"]).checkpoint.dir == "gs://my-bucket/runs/cnn"
+
+
+def load_spec_text(text: str, tmp: Path = Path(os.environ.get("TMPDIR", "/tmp"))):
+    path = tmp / f"spec-{os.getpid()}.toml"
+    path.write_text(text)
+    try:
+        return load_spec(str(path))
+    finally:
+        path.unlink()
+
+
+def test_credentials_are_referenced_never_inlined() -> None:
+    _, job = rendered(VARIANTS["job-gpu-secret"])
+    pod = pod_of(job)
+    assert {"name": "gcs-key", "secret": {"secretName": "gcs-key"}} in pod["volumes"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["GOOGLE_APPLICATION_CREDENTIALS"] == "/var/secrets/google/key.json"
+
+
+def test_each_scheduled_run_gets_its_own_run_directory() -> None:
+    _, cron = rendered(VARIANTS["cronjob-gpu-spot"])
+    assert cron["kind"] == "CronJob"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid" and cron["spec"]["timeZone"] == "Europe/Paris"
+    container = pod_of(cron)["containers"][0]
+    assert container["args"][-1] == "checkpoint.dir=gs://my-bucket/runs/cnn/$(RUNNER_RUN_ID)"
+    run_id = next(e for e in container["env"] if e["name"] == "RUNNER_RUN_ID")
+    assert run_id["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['job-name']"
+
+
+def test_render_refuses_a_checkpoint_dir_on_the_pods_disk(tmp_path: Path) -> None:
+    result = runner_cli("render", str(JOBS / "cnn.toml"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: checkpoint.dir: 'runs/cnn' is on the pod's own disk")
+
+
+def test_render_prints_a_cronjob_for_schedule(tmp_path: Path) -> None:
+    result = runner_cli(
+        "render", str(JOBS / "cnn.toml"), "--set", BUCKET, "--schedule", "0 3 * * *", "--image", IMAGE, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert [m["kind"] for m in yaml.safe_load_all(result.stdout)] == ["ConfigMap", "CronJob"]
+
+
+# k8s/: what a user reads and applies with `kubectl apply -k k8s/`, rendered by the real CLI.
+K8S = {
+    "job.yaml": ["--set", BUCKET, "--image", "runner"],
+    "cronjob.yaml": ["--set", BUCKET.replace("runs/cnn", "runs/cnn-nightly"), "--set", "name=cnn-nightly",
+                     "--schedule", "0 3 * * *", "--image", "runner"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", K8S)
+def test_k8s_folder_is_what_runner_renders(name: str, tmp_path: Path) -> None:
+    result = runner_cli("render", "jobs/cnn.toml", *K8S[name], cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    check_golden(REPO / "k8s" / name, result.stdout)
+
+
+def test_kustomization_lists_the_rendered_files() -> None:
+    kustomization = yaml.safe_load((REPO / "k8s" / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == list(K8S)
+    assert kustomization["images"][0]["name"] == "runner"
