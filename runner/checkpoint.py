@@ -25,8 +25,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
-
 from runner import storage
 from runner.errors import RunFailed
 
@@ -94,6 +92,8 @@ class CheckpointStore:
             raise Corrupt(
                 f"{len(data)} bytes with MD5 {storage.md5(data)}, committed as {entry.size} bytes, {entry.md5}"
             )
+        import torch
+
         try:
             # weights_only: tensors and plain containers only; a pickle that would run code is refused.
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -202,6 +202,8 @@ def encode(state: dict[str, Any], spec_toml: str) -> bytes:
     """A checkpoint payload: the training state, the resolved spec, and what wrote it."""
     import hashlib
     import platform
+
+    import torch
 
     from runner import __version__
 

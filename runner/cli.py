@@ -42,6 +42,14 @@ OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="With --fresh: d
 
 class Backend(StrEnum):
     local = "local"
+    k8s = "k8s"
+
+
+BackendOpt = Annotated[Backend, typer.Option("--backend", "-b", help="Where the job runs.")]
+NamespaceOpt = Annotated[str, typer.Option("--namespace", "-n", help="Kubernetes namespace (k8s backend).")]
+ContextOpt = Annotated[str, typer.Option("--context", help="kubeconfig context (k8s backend; default: current).")]
+ImageOpt = Annotated[str, typer.Option("--image", help="Image to run (default: [image] repository, content tag).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
 def _exit_codes(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -87,16 +95,22 @@ def _main(
 def submit(
     spec: SpecArg,
     set_: SetOpt = [],
-    backend: Backend = Backend.local,
+    backend: BackendOpt = Backend.local,
     quiet: QuietOpt = False,
     fresh: FreshOpt = False,
     overwrite: OverwriteOpt = False,
+    namespace: NamespaceOpt = "default",
+    context: ContextOpt = "",
+    image: ImageOpt = "",
 ) -> None:
     """Submit a job to a backend (default: train on this machine). Resumes from its checkpoints."""
     from runner.backends import local
     from runner.spec import load_spec
 
-    load_spec(spec, set_)  # bad input fails here, before anything starts
+    resolved = load_spec(spec, set_)  # bad input fails here, before anything starts
+    if backend is Backend.k8s:
+        _submit_k8s(resolved, namespace, context, image)
+        return
     flags = [f for f, on in (("--quiet", quiet), ("--fresh", fresh), ("--overwrite", overwrite)) if on]
     raise typer.Exit(local.submit(spec, set_, flags))
 
@@ -152,7 +166,7 @@ def build(
     builder: Annotated[Builder, typer.Option("--builder", help="The tool that builds the image.")] = Builder.docker,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands instead of running them.")] = False,
 ) -> None:
-    """Build the job's image, tagged by content, under its [image] repository."""
+    """Build the job's image, tagged by content, under the spec's image.repository."""
     import shlex
 
     from runner import image as images
@@ -187,6 +201,89 @@ def render(
     resolved = load_spec(spec, [*set_, *([f"schedule.cron={schedule}"] if schedule else [])])
     objects = manifests.render(resolved, to_toml(resolved), image or images.reference(resolved.image))
     typer.echo(manifests.to_yaml(objects), nl=False)
+
+
+@_command
+def schedule(
+    spec: SpecArg,
+    cron: Annotated[str, typer.Option("--cron", metavar="CRON", help='When to retrain, e.g. "0 3 * * *".')],
+    set_: SetOpt = [],
+    namespace: NamespaceOpt = "default",
+    context: ContextOpt = "",
+    image: ImageOpt = "",
+) -> None:
+    """Re-run a job on a schedule: a Kubernetes CronJob, each run in its own run directory."""
+    from runner.spec import load_spec
+
+    _submit_k8s(load_spec(spec, [*set_, f"schedule.cron={cron}"]), namespace, context, image)
+
+
+@_command
+def status(
+    run: Annotated[str, typer.Argument(metavar="RUN", help="A run directory (local) or a job name (k8s).")],
+    backend: BackendOpt = Backend.local,
+    namespace: NamespaceOpt = "default",
+    context: ContextOpt = "",
+    json_: JsonOpt = False,
+) -> None:
+    """Show where a run stands."""
+    import json
+
+    if backend is Backend.k8s:
+        info = _k8s(namespace, context).status(run)
+    else:
+        from runner.backends import local
+
+        info = local.status(run)
+    if json_:
+        typer.echo(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            typer.echo(f"{key:>12}: {value}")
+
+
+@_command
+def logs(
+    run: Annotated[str, typer.Argument(metavar="RUN", help="A job name (k8s).")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the run ends.")] = False,
+    backend: BackendOpt = Backend.k8s,
+    namespace: NamespaceOpt = "default",
+    context: ContextOpt = "",
+) -> None:
+    """Print a run's log (k8s: its newest pod's)."""
+    if backend is not Backend.k8s:
+        raise UserError("logs: a local run prints to the terminal that started it; logs of local runs come later")
+    for line in _k8s(namespace, context).logs(run, follow):
+        typer.echo(line)
+
+
+@_command
+def cancel(
+    run: Annotated[str, typer.Argument(metavar="RUN", help="A job or cronjob name (k8s).")],
+    backend: BackendOpt = Backend.k8s,
+    namespace: NamespaceOpt = "default",
+    context: ContextOpt = "",
+) -> None:
+    """Stop a run and delete what submit created (its checkpoints stay)."""
+    if backend is not Backend.k8s:
+        raise UserError("cancel: stop a local run with Ctrl-C (it saves a checkpoint first)")
+    _k8s(namespace, context).cancel(run)
+    typer.echo(f"cancelled {run} in namespace {namespace}")
+
+
+def _k8s(namespace: str, context: str) -> Any:
+    from runner.backends.k8s import K8sBackend, connect
+
+    return K8sBackend(connect(context or None), namespace)
+
+
+def _submit_k8s(resolved: Any, namespace: str, context: str, image: str) -> None:
+    from runner import image as images
+    from runner.spec import to_toml
+
+    name = _k8s(namespace, context).submit(resolved, to_toml(resolved), image or images.reference(resolved.image))
+    kind = "cronjob" if resolved.schedule.cron else "job"
+    typer.echo(f"submitted {kind} {name} to namespace {namespace}; follow it: runner logs {name} -f -n {namespace}")
 
 
 def main() -> None:

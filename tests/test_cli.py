@@ -123,3 +123,8 @@ def test_resubmitting_resumes_extends_and_refuses_another_job(tmp_path: Path) ->
     assert again.returncode == 0 and "resumed" not in again.stdout
     assert len(read_metrics(tmp_path / "runs/digits")) == 2
     assert (tmp_path / "runs/digits/notes.txt").read_text() == "mine"
+
+    status = runner_cli("status", "runs/digits", "--json", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    info = json.loads(status.stdout)
+    assert info["state"] == "done" and info["epochs_done"] == 1 and info["checkpoints"] == [21]

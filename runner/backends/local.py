@@ -30,3 +30,28 @@ def submit(spec_path: str, overrides: Sequence[str], flags: Sequence[str] = ()) 
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 128 - code if code < 0 else code  # killed by signal N: the shell's 128+N
+
+
+def status(run_url: str) -> dict[str, object]:
+    """Where a local (or bucket) run directory stands, read from its files alone."""
+    from runner import storage
+    from runner.checkpoint import CheckpointStore
+    from runner.errors import UserError
+    from runner.rundir import RunDir
+
+    run_dir = RunDir(run_url)
+    if not run_dir.looks_like_a_run():
+        raise UserError(f"{run_url}: not a run directory (no spec.toml or checkpoints/)")
+    records = run_dir.read_metrics() if storage.exists(run_dir.path("metrics.jsonl")) else []
+    epochs = [r for r in records if "train_loss" in r]
+    final = records[-1] if records and "test_acc" in records[-1] else None
+    checkpoints = CheckpointStore(run_url, keep=1).refresh()
+    return {
+        "run_dir": run_url,
+        "state": "done" if final else "incomplete",
+        "epochs_done": len(epochs),
+        "step": checkpoints[0].step if checkpoints else (epochs[-1]["step"] if epochs else 0),
+        "val_acc": epochs[-1].get("val_acc") if epochs else None,
+        "test_acc": final["test_acc"] if final else None,
+        "checkpoints": [e.step for e in checkpoints],
+    }

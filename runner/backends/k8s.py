@@ -1,0 +1,151 @@
+"""The Kubernetes backend: the objects `runner render` prints, created through the official client.
+
+The client is imported only here, and only when a command asks for this backend, so
+local use never needs it configured. Credentials come from the kubeconfig (or the
+pod's service account when runner itself runs in a cluster).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from runner import manifests
+from runner.errors import RunFailed, UserError
+from runner.spec import JobSpec
+
+
+def connect(context: str | None = None) -> Any:
+    """An ApiClient from the kubeconfig (optionally one of its contexts), else in-cluster."""
+    from kubernetes import config
+
+    try:
+        return config.new_client_from_config(context=context)
+    except config.ConfigException as kubeconfig_error:
+        if context:
+            raise UserError(f"--context: {kubeconfig_error}") from None
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            raise UserError(f"no Kubernetes cluster configured: {kubeconfig_error}") from None
+        from kubernetes import client
+
+        return client.ApiClient()
+
+
+class K8sBackend:
+    def __init__(self, api_client: Any, namespace: str = "default"):
+        from kubernetes import client
+
+        self.namespace = namespace
+        self.core = client.CoreV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
+
+    def submit(self, spec: JobSpec, spec_toml: str, image: str) -> str:
+        """Create the spec's ConfigMap and its Job (or CronJob). Returns the name to follow."""
+        config_map, workload = manifests.render(spec, spec_toml, image)
+        create = (
+            self.batch.create_namespaced_cron_job if workload["kind"] == "CronJob" else self.batch.create_namespaced_job
+        )
+        self._create(self.core.create_namespaced_config_map, config_map)
+        try:
+            self._create(create, workload)
+        except BaseException:
+            self._delete(self.core.delete_namespaced_config_map, config_map["metadata"]["name"])
+            raise
+        return spec.name
+
+    def status(self, name: str) -> dict[str, Any]:
+        """The Job's state and its pods (newest first), as plain data."""
+        job = self._read_job(name)
+        status = job.status
+        conditions = {c.type: c.status for c in status.conditions or []}
+        state = (
+            "done" if conditions.get("Complete") == "True"
+            else "failed" if conditions.get("Failed") == "True"
+            else "running" if status.active
+            else "pending"
+        )  # fmt: skip
+        pods = [{"name": p.metadata.name, "phase": p.status.phase if p.status else None} for p in self._pods(name)]
+        return {
+            "name": name,
+            "namespace": self.namespace,
+            "state": state,
+            "active": status.active or 0,
+            "succeeded": status.succeeded or 0,
+            "failed": status.failed or 0,
+            "pods": pods,
+        }
+
+    def logs(self, name: str, follow: bool = False) -> Iterator[str]:
+        """The newest pod's log, line by line; with `follow`, until the pod ends."""
+        self._read_job(name)
+        pods = self._pods(name)
+        if not pods:
+            raise RunFailed(f"job {name} has no pod yet; try again when it is scheduled")
+        pod = pods[0].metadata.name
+        if not follow:
+            yield from self.core.read_namespaced_pod_log(
+                pod, self.namespace, container=manifests.CONTAINER
+            ).splitlines()
+            return
+        stream = self.core.read_namespaced_pod_log(
+            pod, self.namespace, container=manifests.CONTAINER, follow=True, _preload_content=False
+        )
+        try:
+            for line in stream:
+                yield line.decode(errors="replace").rstrip("\n")
+        finally:
+            stream.release_conn()
+
+    def cancel(self, name: str) -> None:
+        """Delete the Job (and its pods) or the CronJob, and the spec's ConfigMap."""
+        from kubernetes.client import V1DeleteOptions
+
+        foreground = V1DeleteOptions(propagation_policy="Foreground")
+        deleted = self._delete(self.batch.delete_namespaced_job, name, body=foreground)
+        deleted |= self._delete(self.batch.delete_namespaced_cron_job, name, body=foreground)
+        if not deleted:
+            raise UserError(f"no job or cronjob named '{name}' in namespace {self.namespace}")
+        self._delete(self.core.delete_namespaced_config_map, f"{name}-spec")
+
+    # -- edges ----------------------------------------------------------------
+
+    def _create(self, create: Any, manifest: dict[str, Any]) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            create(self.namespace, manifest)
+        except ApiException as e:
+            kind, name = manifest["kind"], manifest["metadata"]["name"]
+            if e.status == 409:
+                raise UserError(
+                    f"a {kind} named '{name}' already exists in namespace {self.namespace}; "
+                    f"cancel it first (runner cancel {name} --backend k8s) or set another name"
+                ) from None
+            raise RunFailed(f"creating {kind} {name} failed: {e.status} {e.reason}") from None
+
+    def _delete(self, delete: Any, name: str, **kwargs: Any) -> bool:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            delete(name, self.namespace, **kwargs)
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise RunFailed(f"deleting {name} failed: {e.status} {e.reason}") from None
+        return True
+
+    def _read_job(self, name: str) -> Any:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.batch.read_namespaced_job(name, self.namespace)
+        except ApiException as e:
+            if e.status == 404:
+                raise UserError(f"no job named '{name}' in namespace {self.namespace}") from None
+            raise RunFailed(f"reading job {name} failed: {e.status} {e.reason}") from None
+
+    def _pods(self, job_name: str) -> list[Any]:
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector=f"job-name={job_name}").items
+        return sorted(pods, key=lambda p: str(p.metadata.creation_timestamp or ""), reverse=True)
