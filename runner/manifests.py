@@ -64,7 +64,7 @@ def _container(spec: JobSpec, image: str, scheduled: bool) -> dict[str, Any]:
         args += ["--set", f"checkpoint.dir={spec.checkpoint.dir.rstrip('/')}/$(RUNNER_RUN_ID)"]
     limits: dict[str, Any] = {"memory": res.memory}
     if res.gpus:
-        limits["nvidia.com/gpu"] = res.gpus
+        limits["nvidia.com/gpu"] = str(res.gpus)  # a quantity: the API client insists on a string
     env: list[dict[str, Any]] = [
         # The Job's name: the same for every retry of one Job, new for each CronJob run.
         {"name": "RUNNER_RUN_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['job-name']"}}},

@@ -67,7 +67,7 @@ def test_preemptions_are_free_bad_input_fails_fast_other_failures_count() -> Non
     assert pod["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] == 6
     assert pod["terminationGracePeriodSeconds"] == 30
     container = pod["containers"][0]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4", "cloud.google.com/gke-spot": "true"}
     assert {t["key"] for t in pod["tolerations"]} == {"nvidia.com/gpu", "cloud.google.com/gke-spot"}
     assert pod["serviceAccountName"] == "trainer"  # Workload Identity: no key anywhere

@@ -57,8 +57,9 @@ class K8sBackend:
 
     def status(self, name: str) -> dict[str, Any]:
         """The Job's state and its pods (newest first), as plain data."""
-        job = self._read_job(name)
-        status = job.status
+        from kubernetes.client import V1JobStatus
+
+        status = self._read_job(name).status or V1JobStatus()  # none yet, before the controller's first pass
         conditions = {c.type: c.status for c in status.conditions or []}
         state = (
             "done" if conditions.get("Complete") == "True"

@@ -1,0 +1,166 @@
+"""The k8s backend over real HTTP against a Kubernetes API emulator, with the official
+client: submit, schedule, status, logs, cancel — in-process and through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from runner.backends.k8s import K8sBackend
+from runner.errors import UserError
+from runner.manifests import render
+from runner.spec import load_spec, to_toml
+from tests.helpers import JOBS, runner_cli
+from tests.k8s_emulator import K8sEmulatorHandle, k8s_emulator  # noqa: F401 (fixture)
+
+NS = "default"
+IMAGE = "us-docker.pkg.dev/p/ml/runner:0123456789abcdef"
+BUCKET = "checkpoint.dir=gs://my-bucket/runs/cnn"
+TEXT = {"Content-Type": "text/plain; charset=utf-8"}
+
+
+def cnn(*overrides: str):
+    return load_spec(str(JOBS / "cnn.toml"), [BUCKET, *overrides])
+
+
+@pytest.fixture
+def backend(k8s_emulator: K8sEmulatorHandle) -> K8sBackend:
+    return K8sBackend(k8s_emulator.api_client(), NS)
+
+
+def stored(k8s: K8sEmulatorHandle, resource: str, name: str) -> dict:
+    return dict(k8s.kmock.objects[resource, NS, name])
+
+
+def test_submit_creates_exactly_the_rendered_objects(k8s_emulator: K8sEmulatorHandle, backend: K8sBackend) -> None:
+    spec = cnn("resources.gpus=1", "resources.spot=true")
+    assert backend.submit(spec, to_toml(spec), IMAGE) == "cnn"
+    config_map, job = render(spec, to_toml(spec), IMAGE)
+    assert stored(k8s_emulator, "v1/configmaps", "cnn-spec")["data"] == config_map["data"]
+    created = stored(k8s_emulator, "batch/v1/jobs", "cnn")
+    assert created["spec"] == job["spec"]
+
+
+def test_a_second_submit_is_a_clear_conflict_and_leaves_no_debris(
+    k8s_emulator: K8sEmulatorHandle, backend: K8sBackend
+) -> None:
+    spec = cnn()
+    batch = client.BatchV1Api(k8s_emulator.api_client())
+    batch.create_namespaced_job(NS, render(spec, to_toml(spec), IMAGE)[1])  # a Job of that name already runs
+    with pytest.raises(UserError, match="a Job named 'cnn' already exists in namespace default; cancel it first"):
+        backend.submit(spec, to_toml(spec), IMAGE)
+    core = client.CoreV1Api(k8s_emulator.api_client())
+    assert [c.metadata.name for c in core.list_namespaced_config_map(NS).items] == []  # rolled back
+
+
+def test_schedule_creates_a_cronjob(k8s_emulator: K8sEmulatorHandle, backend: K8sBackend) -> None:
+    spec = cnn("schedule.cron=0 3 * * *")
+    backend.submit(spec, to_toml(spec), IMAGE)
+    cron = stored(k8s_emulator, "batch/v1/cronjobs", "cnn")
+    assert cron["spec"]["schedule"] == "0 3 * * *" and cron["spec"]["concurrencyPolicy"] == "Forbid"
+
+
+def plant_pod(k8s: K8sEmulatorHandle, name: str, job: str, phase: str, created: str) -> None:
+    core = client.CoreV1Api(k8s.api_client())
+    core.create_namespaced_pod(
+        NS,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "labels": {"job-name": job}, "creationTimestamp": created},
+            "spec": {"containers": [{"name": "runner", "image": IMAGE}]},
+            "status": {"phase": phase},
+        },
+    )
+
+
+def test_status_follows_the_job_and_its_pods(k8s_emulator: K8sEmulatorHandle, backend: K8sBackend) -> None:
+    spec = cnn()
+    backend.submit(spec, to_toml(spec), IMAGE)
+    assert backend.status("cnn")["state"] == "pending"
+    batch = client.BatchV1Api(k8s_emulator.api_client())
+    batch.patch_namespaced_job_status("cnn", NS, {"status": {"active": 1}})
+    plant_pod(k8s_emulator, "cnn-a", "cnn", "Failed", "2026-11-22T10:00:00Z")  # preempted attempt
+    plant_pod(k8s_emulator, "cnn-b", "cnn", "Running", "2026-11-22T10:05:00Z")
+    plant_pod(k8s_emulator, "other-x", "other", "Running", "2026-11-22T10:05:00Z")
+    info = backend.status("cnn")
+    assert info["state"] == "running" and info["active"] == 1
+    assert info["pods"] == [{"name": "cnn-b", "phase": "Running"}, {"name": "cnn-a", "phase": "Failed"}]
+    batch.patch_namespaced_job_status(
+        "cnn", NS, {"status": {"active": None, "succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}}
+    )
+    assert backend.status("cnn")["state"] == "done"
+    with pytest.raises(UserError, match="no job named 'nope'"):
+        backend.status("nope")
+
+
+def test_logs_of_the_newest_pod_plain_and_followed(k8s_emulator: K8sEmulatorHandle, backend: K8sBackend) -> None:
+    spec = cnn()
+    backend.submit(spec, to_toml(spec), IMAGE)
+    plant_pod(k8s_emulator, "cnn-a", "cnn", "Failed", "2026-11-22T10:00:00Z")
+    plant_pod(k8s_emulator, "cnn-b", "cnn", "Running", "2026-11-22T10:05:00Z")
+    km = k8s_emulator.kmock
+    path = f"/api/v1/namespaces/{NS}/pods/cnn-b/log"
+
+    async def stream():
+        for i in (1, 2):
+            yield f"epoch {i}/2\n".encode()
+
+    km["get", path, km.params({"follow": "true"})] << km.headers(TEXT) << stream
+    km["get", path] << km.headers(TEXT) << b"epoch 1/2\nresumed from step 40\n"
+    assert list(backend.logs("cnn")) == ["epoch 1/2", "resumed from step 40"]
+    assert list(backend.logs("cnn", follow=True)) == ["epoch 1/2", "epoch 2/2"]
+
+
+def test_cancel_deletes_the_job_and_its_spec(k8s_emulator: K8sEmulatorHandle, backend: K8sBackend) -> None:
+    spec = cnn()
+    backend.submit(spec, to_toml(spec), IMAGE)
+    backend.cancel("cnn")
+    api = k8s_emulator.api_client()
+    assert client.BatchV1Api(api).list_namespaced_job(NS).items == []
+    assert client.CoreV1Api(api).list_namespaced_config_map(NS).items == []
+    with pytest.raises(UserError, match="no job or cronjob named 'cnn'"):
+        backend.cancel("cnn")
+
+
+def kubeconfig(tmp_path: Path, url: str) -> dict[str, str]:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "emulator", "cluster": {"server": url}}],
+        "users": [{"name": "tester", "user": {"token": "not-a-secret"}}],
+        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester"}}],
+        "current-context": "emulator",
+    }
+    (tmp_path / "kubeconfig").write_text(json.dumps(config))
+    return {"KUBECONFIG": str(tmp_path / "kubeconfig")}
+
+
+def test_the_cli_end_to_end(k8s_emulator: K8sEmulatorHandle, tmp_path: Path) -> None:
+    env = kubeconfig(tmp_path, k8s_emulator.url)
+    spec = str(JOBS / "cnn.toml")
+    submitted = runner_cli("submit", spec, "--backend", "k8s", "--set", BUCKET, "--image", IMAGE, cwd=tmp_path, env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    assert submitted.stdout.startswith("submitted job cnn to namespace default")
+    again = runner_cli("submit", spec, "--backend", "k8s", "--set", BUCKET, "--image", IMAGE, cwd=tmp_path, env=env)
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+    status = runner_cli("status", "cnn", "--backend", "k8s", "--json", cwd=tmp_path, env=env)
+    assert status.returncode == 0 and json.loads(status.stdout)["state"] == "pending"
+    scheduled = runner_cli("schedule", spec, "--cron", "0 3 * * *", "--set", BUCKET, "--set", "name=cnn-nightly",
+                           "--image", IMAGE, cwd=tmp_path, env=env)  # fmt: skip
+    assert scheduled.returncode == 0 and "submitted cronjob cnn-nightly" in scheduled.stdout
+    for name in ("cnn", "cnn-nightly"):
+        cancelled = runner_cli("cancel", name, "--backend", "k8s", cwd=tmp_path, env=env)
+        assert cancelled.returncode == 0 and cancelled.stdout.startswith(f"cancelled {name}"), cancelled.stderr
+    api = k8s_emulator.api_client()
+    assert client.BatchV1Api(api).list_namespaced_job(NS).items == []
+    assert client.BatchV1Api(api).list_namespaced_cron_job(NS).items == []
+    assert client.CoreV1Api(api).list_namespaced_config_map(NS).items == []
+
+
+def test_no_cluster_configured_is_a_clear_error(tmp_path: Path) -> None:
+    result = runner_cli("status", "cnn", "--backend", "k8s", cwd=tmp_path, env={"KUBECONFIG": str(tmp_path / "none")})
+    assert result.returncode == 2 and result.stderr.startswith("error: no Kubernetes cluster configured")
