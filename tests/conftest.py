@@ -12,6 +12,8 @@ import pytest
 
 from tests.helpers import write_mnist
 
+pytest_plugins = ["tests.k8s_emulator"]  # the k8s_emulator fixture
+
 
 @pytest.fixture
 def mnist_root(tmp_path: Path) -> Path:

@@ -14,7 +14,7 @@ from runner.errors import UserError
 from runner.manifests import render
 from runner.spec import load_spec, to_toml
 from tests.helpers import JOBS, runner_cli
-from tests.k8s_emulator import K8sEmulatorHandle, k8s_emulator  # noqa: F401 (fixture)
+from tests.k8s_emulator import K8sEmulatorHandle
 
 NS = "default"
 IMAGE = "us-docker.pkg.dev/p/ml/runner:0123456789abcdef"
