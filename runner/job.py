@@ -98,6 +98,8 @@ def _run(spec: JobSpec, console: Console, quiet: bool, fresh: bool, overwrite: b
         _start_over(run_dir, overwrite)
     store = checkpoint.CheckpointStore(run_dir.url, spec.checkpoint.keep)
     try:
+        if spec.init_from and not store.refresh():  # a resumed run keeps its own weights
+            _warm_start(trainer, spec.init_from, run_dir, say)
         resumed = _claim_and_resume(store, trainer, spec, say)
     except OSError as e:
         raise storage.failure(run_dir.url, e) from None
@@ -135,6 +137,29 @@ def _run(spec: JobSpec, console: Console, quiet: bool, fresh: bool, overwrite: b
     run_dir.write_metrics([*state.history, final], final=True)  # last: the final record means "done"
     say(f"done: test_acc {test_acc:.2%} (test_loss {test_loss:.4f}); weights at {run_dir.path(FINAL_WEIGHTS)}")
     return 0
+
+
+def _warm_start(trainer: Trainer, init_from: str, run_dir: RunDir, say: Any) -> None:
+    """Load another run's final weights into the fresh model (optimizer and position start anew)."""
+    from runner.rundir import newest_finished_sibling
+
+    source = newest_finished_sibling(run_dir.url) if init_from == "previous" else RunDir(init_from)
+    if source is None:
+        say("init_from = previous: no finished run beside this one yet; starting from scratch")
+        return
+    try:
+        weights = source.read_final()
+    except FileNotFoundError:
+        raise UserError(
+            f"init_from: {source.path(FINAL_WEIGHTS)} does not exist; name a finished run directory"
+        ) from None
+    try:
+        trainer.state.model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise UserError(
+            f"init_from: the weights in {source.url} do not fit this model: {str(e).splitlines()[0]}"
+        ) from None
+    say(f"initialised from {source.path(FINAL_WEIGHTS)}")
 
 
 def _start_over(run_dir: RunDir, overwrite: bool) -> None:

@@ -64,8 +64,24 @@ class RunDir:
     def read_metrics(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in storage.read_bytes(self.path(METRICS)).decode().splitlines()]
 
+    def read_final(self) -> dict[str, Any]:
+        from safetensors.torch import load
+
+        return load(storage.read_bytes(self.path(FINAL_WEIGHTS)))
+
     def write_final(self, weights: dict[str, Any], metadata: dict[str, str]) -> None:
         from safetensors.torch import save
 
         tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
         storage.write_bytes(self.path(FINAL_WEIGHTS), save(tensors, metadata=metadata))
+
+
+def newest_finished_sibling(run_url: str) -> RunDir | None:
+    """The most recently finished run directory beside `run_url` (not itself), if any."""
+    parent, _, own = run_url.rstrip("/").rpartition("/")
+    finished = []
+    for name in storage.list_names(parent or "."):
+        weights = storage.join(parent or ".", name, FINAL_WEIGHTS)
+        if name != own and storage.exists(weights):
+            finished.append((storage.modified(weights), storage.join(parent or ".", name)))
+    return RunDir(max(finished)[1]) if finished else None

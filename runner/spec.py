@@ -116,6 +116,9 @@ class JobSpec(TrainSpec):
     model_options: dict[str, Any] = {}
     device: str = "auto"
     threads: int = Field(0, ge=0, le=1024)  # CPU threads; 0 = the cores this process may use
+    # Start a new run from finished weights: a run directory (path or URL), or "previous":
+    # the newest finished run beside this one (scheduled retraining warm-starts this way).
+    init_from: str = ""
     data: DataSpec
     checkpoint: CheckpointSpec
     resources: ResourcesSpec = ResourcesSpec()
@@ -223,7 +226,7 @@ def _set(raw: dict[str, Any], keys: list[str], value: Any, text: str) -> None:
 # (model, optimizer, data, batch size, seed, ...) changes what the saved state or its
 # position means, so resuming would silently train something else.
 MAY_CHANGE_ON_RESUME = (
-    *("epochs", "device", "precision", "threads", "data.root", "data.download"),
+    *("epochs", "device", "precision", "threads", "data.root", "data.download", "init_from"),
     *("checkpoint.", "resources.", "image.", "schedule."),
 )
 

@@ -94,6 +94,11 @@ def list_names(url: str) -> list[str]:
     return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries)
 
 
+def modified(url: str) -> Any:
+    fs, path = _fs(url)
+    return fs.modified(path)
+
+
 def exists(url: str) -> bool:
     fs, path = _fs(url)
     return fs.exists(path)

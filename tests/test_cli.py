@@ -128,3 +128,24 @@ def test_resubmitting_resumes_extends_and_refuses_another_job(tmp_path: Path) ->
     assert status.returncode == 0, status.stderr
     info = json.loads(status.stdout)
     assert info["state"] == "done" and info["epochs_done"] == 1 and info["checkpoints"] == [21]
+
+
+def test_init_from_previous_warm_starts_a_new_run_from_the_newest_finished_one(tmp_path: Path) -> None:
+    spec = str(JOBS / "digits.toml")
+    args = [*MLP, "--set", "epochs=1", "--set", "init_from=previous"]
+    first = runner_cli("submit", spec, *args, "--set", "checkpoint.dir=runs/nightly/a", cwd=tmp_path)
+    assert first.returncode == 0 and "no finished run beside this one yet; starting from scratch" in first.stdout
+    second = runner_cli("submit", spec, *args, "--set", "checkpoint.dir=runs/nightly/b", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "initialised from runs/nightly/a/final/model.safetensors" in second.stdout
+    cold, warm = (read_metrics(tmp_path / f"runs/nightly/{r}")[0]["train_loss"] for r in "ab")
+    assert warm < 0.8 * cold  # same seed: without the warm start the two would be identical
+
+    missing = runner_cli(
+        "submit", spec, *MLP, "--set", "init_from=runs/none", "--set", "checkpoint.dir=runs/c", cwd=tmp_path
+    )
+    assert missing.returncode == 2 and "init_from: runs/none/final/model.safetensors does not exist" in missing.stderr
+    assert not (tmp_path / "runs/c").exists()
+    wrong = runner_cli("submit", spec, *MLP, "--set", "model_options={hidden=[8]}", "--set", "init_from=runs/nightly/a",
+                       "--set", "checkpoint.dir=runs/d", cwd=tmp_path)  # fmt: skip
+    assert wrong.returncode == 2 and "do not fit this model" in wrong.stderr
