@@ -109,6 +109,8 @@ def submit(
 
     resolved = load_spec(spec, set_)  # bad input fails here, before anything starts
     if backend is Backend.k8s:
+        if fresh or overwrite:
+            raise UserError("--fresh/--overwrite act on local run directories; for a cluster, set a new checkpoint.dir")
         _submit_k8s(resolved, namespace, context, image)
         return
     flags = [f for f, on in (("--quiet", quiet), ("--fresh", fresh), ("--overwrite", overwrite)) if on]

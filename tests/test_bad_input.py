@@ -146,3 +146,8 @@ def test_a_checkpoint_dir_that_cannot_be_written(tmp_path: Path) -> None:
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: checkpoint.dir: cannot write to blocked/run: ")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_fresh_is_for_local_runs_only(tmp_path: Path) -> None:
+    result = runner_cli("submit", str(JOBS / "cnn.toml"), "--backend", "k8s", "--fresh", cwd=tmp_path)
+    assert result.returncode == 2 and "--fresh/--overwrite act on local run directories" in result.stderr
