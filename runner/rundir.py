@@ -79,9 +79,10 @@ class RunDir:
 def newest_finished_sibling(run_url: str) -> RunDir | None:
     """The most recently finished run directory beside `run_url` (not itself), if any."""
     parent, _, own = run_url.rstrip("/").rpartition("/")
+    parent = parent or "."
     finished = []
-    for name in storage.list_names(parent or "."):
-        weights = storage.join(parent or ".", name, FINAL_WEIGHTS)
+    for name in storage.list_names(parent):
+        weights = storage.join(parent, name, FINAL_WEIGHTS)
         if name != own and storage.exists(weights):
-            finished.append((storage.modified(weights), storage.join(parent or ".", name)))
+            finished.append((storage.modified(weights), storage.join(parent, name)))
     return RunDir(max(finished)[1]) if finished else None

@@ -57,7 +57,7 @@ def pod_of(manifest: dict) -> dict:
     return (spec["jobTemplate"]["spec"] if manifest["kind"] == "CronJob" else spec)["template"]["spec"]
 
 
-def test_preemptions_are_free_bad_input_fails_fast_other_failures_count() -> None:
+def test_preemptions_are_free_bad_input_fails_fast_other_failures_count(tmp_path: Path) -> None:
     config_map, job = rendered(VARIANTS["job-gpu-spot"])
     rules = job["spec"]["podFailurePolicy"]["rules"]
     assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
@@ -74,16 +74,8 @@ def test_preemptions_are_free_bad_input_fails_fast_other_failures_count() -> Non
     assert pod["securityContext"]["runAsNonRoot"] and container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["args"] == ["run", "/etc/runner/spec.toml"]  # every retry: same spec, same checkpoint dir
-    assert load_spec_text(config_map["data"]["spec.toml"]).checkpoint.dir == "gs://my-bucket/runs/cnn"
-
-
-def load_spec_text(text: str, tmp: Path = Path(os.environ.get("TMPDIR", "/tmp"))):
-    path = tmp / f"spec-{os.getpid()}.toml"
-    path.write_text(text)
-    try:
-        return load_spec(str(path))
-    finally:
-        path.unlink()
+    (tmp_path / "spec.toml").write_text(config_map["data"]["spec.toml"])  # the pod reads back this very spec
+    assert load_spec(str(tmp_path / "spec.toml")).checkpoint.dir == "gs://my-bucket/runs/cnn"
 
 
 def test_credentials_are_referenced_never_inlined() -> None:
