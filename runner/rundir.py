@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from runner import storage
+from runner.errors import UserError
 
 SPEC = "spec.toml"
 METRICS = "metrics.jsonl"
@@ -74,6 +75,21 @@ class RunDir:
 
         tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
         storage.write_bytes(self.path(FINAL_WEIGHTS), save(tensors, metadata=metadata))
+
+
+def open_run(url: str) -> RunDir:
+    """The run directory a user named on the command line, or a one-line UserError (exit 2)."""
+    storage.check_reachable(url, "RUN")
+    try:
+        names = storage.list_names(url)
+    except OSError as e:
+        raise storage.failure(url, e) from None
+    if not names:
+        raise UserError(f"{url}: no run there (nothing found); name a run directory such as runs/digits")
+    run_dir = RunDir(url)
+    if not run_dir.looks_like_a_run():
+        raise UserError(f"{url}: not a run directory (no {SPEC} or {CHECKPOINTS}/); name a run directory such as runs/digits")
+    return run_dir
 
 
 def newest_finished_sibling(run_url: str) -> RunDir | None:

@@ -116,12 +116,12 @@ def delete_tree(url: str) -> None:
         fs.rm(path, recursive=True)
 
 
-def check_reachable(url: str) -> None:
+def check_reachable(url: str, what: str = "checkpoint.dir") -> None:
     """Fail with a user error, before anything is written, if `url` cannot be used at all."""
     try:
         fs, path = _fs(url)
     except (ValueError, ImportError) as e:
-        raise UserError(f"checkpoint.dir: cannot use '{url}': {e}") from None
+        raise UserError(f"{what}: cannot use '{url}': {e}") from None
     if isinstance(fs, LocalFileSystem) or "://" not in url:
         return
     root = fs._strip_protocol(url).split("/", 1)[0]
@@ -129,11 +129,11 @@ def check_reachable(url: str) -> None:
         found = fs.exists(root)
     except Exception as e:  # credentials, permissions, DNS: the message says which
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint.dir: cannot reach '{url}': {first}") from None
+        raise UserError(f"{what}: cannot reach '{url}': {first}") from None
     if not found:
         raise UserError(
-            f"checkpoint.dir: bucket '{root}' of '{url}' does not exist or is not visible to these "
-            f"credentials; create it (gcloud storage buckets create gs://{root}) or fix checkpoint.dir"
+            f"{what}: bucket '{root}' of '{url}' does not exist or is not visible to these "
+            f"credentials; create it (gcloud storage buckets create gs://{root}) or fix {what}"
         )
 
 
