@@ -104,17 +104,18 @@ def submit(
     image: ImageOpt = "",
 ) -> None:
     """Submit a job to a backend (default: train on this machine). Resumes from its checkpoints."""
-    from runner.backends import local
+    from runner.backends import Submission
     from runner.spec import load_spec
 
     resolved = load_spec(spec, set_)  # bad input fails here, before anything starts
-    if backend is Backend.k8s:
-        if fresh or overwrite:
-            raise UserError("--fresh/--overwrite act on local run directories; for a cluster, set a new checkpoint.dir")
-        _submit_k8s(resolved, namespace, context, image)
-        return
+    if backend is Backend.k8s and (fresh or overwrite):
+        raise UserError("--fresh/--overwrite act on local run directories; for a cluster, set a new checkpoint.dir")
     flags = [f for f, on in (("--quiet", quiet), ("--fresh", fresh), ("--overwrite", overwrite)) if on]
-    raise typer.Exit(local.submit(spec, set_, flags))
+    job = Submission(spec, tuple(set_), resolved, tuple(flags), image)
+    code = _backend(backend, namespace, context).submit(job)
+    if backend is Backend.k8s:
+        _submitted(resolved, namespace)
+    raise typer.Exit(code)
 
 
 @_command
@@ -215,77 +216,99 @@ def schedule(
     image: ImageOpt = "",
 ) -> None:
     """Re-run a job on a schedule: a Kubernetes CronJob, each run in its own run directory."""
+    from runner.backends import Submission
     from runner.spec import load_spec
 
-    _submit_k8s(load_spec(spec, [*set_, f"schedule.cron={cron}"]), namespace, context, image)
+    overrides = (*set_, f"schedule.cron={cron}")
+    resolved = load_spec(spec, overrides)
+    _backend(Backend.k8s, namespace, context).submit(Submission(spec, overrides, resolved, image=image))
+    _submitted(resolved, namespace)
+
+
+RunArg = Annotated[
+    str, typer.Argument(metavar="RUN", help="A run directory, local or a URL (k8s backend: a job name).")
+]
+
+
+@_command
+def ls(
+    prefix: Annotated[
+        str, typer.Argument(metavar="PREFIX", help="A directory or bucket prefix of run directories.")
+    ] = "runs",
+    json_: JsonOpt = False,
+) -> None:
+    """List the runs under PREFIX, with their state and progress."""
+    from runner import runs, views
+
+    found = [runs.read(r) for r in runs.find(prefix)]
+    if json_:
+        typer.echo(views.to_json(found))
+    elif not found:
+        typer.echo(f"no runs under {prefix}")
+    else:
+        Console().print(views.runs_table(found))
 
 
 @_command
 def status(
-    run: Annotated[str, typer.Argument(metavar="RUN", help="A run directory (local) or a job name (k8s).")],
+    run: RunArg,
     backend: BackendOpt = Backend.local,
     namespace: NamespaceOpt = "default",
     context: ContextOpt = "",
     json_: JsonOpt = False,
 ) -> None:
-    """Show where a run stands."""
-    import json
+    """One run in detail: state, progress, last metrics, checkpoints (k8s: the Job and its pods)."""
+    from runner import views
 
-    if backend is Backend.k8s:
-        info = _k8s(namespace, context).status(run)
-    else:
-        from runner.backends import local
-
-        info = local.status(run)
+    info = _backend(backend, namespace, context).status(run)
     if json_:
-        typer.echo(json.dumps(info, indent=2))
+        typer.echo(views.to_json(info))
+    elif backend is Backend.k8s:
+        typer.echo(views.key_values(info))
     else:
-        for key, value in info.items():
-            typer.echo(f"{key:>12}: {value}")
+        Console().print(views.run_detail(info))
 
 
 @_command
 def logs(
-    run: Annotated[str, typer.Argument(metavar="RUN", help="A job name (k8s).")],
+    run: RunArg,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the run ends.")] = False,
-    backend: BackendOpt = Backend.k8s,
+    backend: BackendOpt = Backend.local,
     namespace: NamespaceOpt = "default",
     context: ContextOpt = "",
 ) -> None:
-    """Print a run's log (k8s: its newest pod's)."""
-    if backend is not Backend.k8s:
-        raise UserError("logs: a local run prints to the terminal that started it; logs of local runs come later")
-    for line in _k8s(namespace, context).logs(run, follow):
+    """Print a run's log (local: its run directory's log.txt; k8s: its newest pod's)."""
+    for line in _backend(backend, namespace, context).logs(run, follow):
         typer.echo(line)
 
 
 @_command
 def cancel(
-    run: Annotated[str, typer.Argument(metavar="RUN", help="A job or cronjob name (k8s).")],
-    backend: BackendOpt = Backend.k8s,
+    run: RunArg,
+    backend: BackendOpt = Backend.local,
     namespace: NamespaceOpt = "default",
     context: ContextOpt = "",
 ) -> None:
-    """Stop a run and delete what submit created (its checkpoints stay)."""
-    if backend is not Backend.k8s:
-        raise UserError("cancel: stop a local run with Ctrl-C (it saves a checkpoint first)")
-    _k8s(namespace, context).cancel(run)
-    typer.echo(f"cancelled {run} in namespace {namespace}")
+    """Stop a run: it saves a checkpoint and exits (k8s: also deletes what submit created)."""
+    typer.echo(_backend(backend, namespace, context).cancel(run))
 
 
-def _k8s(namespace: str, context: str) -> Any:
-    from runner.backends.k8s import K8sBackend, connect
+def _backend(backend: Backend, namespace: str, context: str) -> Any:
+    if backend is Backend.k8s:
+        from runner.backends.k8s import K8sBackend, connect
 
-    return K8sBackend(connect(context or None), namespace)
+        return K8sBackend(connect(context or None), namespace)
+    from runner.backends.local import LocalBackend
+
+    return LocalBackend()
 
 
-def _submit_k8s(resolved: Any, namespace: str, context: str, image: str) -> None:
-    from runner import image as images
-    from runner.spec import to_toml
-
-    name = _k8s(namespace, context).submit(resolved, to_toml(resolved), image or images.reference(resolved.image))
-    kind = "cronjob" if resolved.schedule.cron else "job"
-    typer.echo(f"submitted {kind} {name} to namespace {namespace}; follow it: runner logs {name} -f -n {namespace}")
+def _submitted(spec: Any, namespace: str) -> None:
+    kind = "cronjob" if spec.schedule.cron else "job"
+    typer.echo(
+        f"submitted {kind} {spec.name} to namespace {namespace}; "
+        f"follow it: runner logs {spec.name} -f --backend k8s -n {namespace}"
+    )
 
 
 def main() -> None:

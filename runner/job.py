@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from runner.checkpointer import Checkpointer
     from runner.data import DatasetInfo
     from runner.engine import Trainer, TrainState
+    from runner.heartbeat import Heartbeat
     from runner.signals import Preemption
 
 PREEMPTED = 143  # 128 + SIGTERM: "stopped, checkpoint saved"; Kubernetes retries it
@@ -35,9 +36,9 @@ CLAIM_TRIES = 5
 class _Recorder:
     """engine.Events: checkpoints when due, metrics.jsonl after every epoch, the display."""
 
-    def __init__(self, run_dir: RunDir, state: TrainState, display: Any, checkpointer: Checkpointer, say: Any):
+    def __init__(self, run_dir: RunDir, state: TrainState, display: Any, checkpointer: Checkpointer, heartbeat: Any):
         self.run_dir, self.state, self.display, self.checkpointer = run_dir, state, display, checkpointer
-        self.say = say
+        self.heartbeat = heartbeat
 
     def epoch_start(self, epoch: int, batch: int, batches: int) -> None:
         self.display.epoch_start(epoch, batch, batches)
@@ -50,9 +51,10 @@ class _Recorder:
         try:
             self.run_dir.write_metrics(self.state.history)
         except Exception as e:  # the records live in the training state: next epoch writes them all
-            self.say(f"could not write metrics.jsonl ({e}); training goes on, retrying next epoch")
+            self.display.console.print(f"could not write metrics.jsonl ({e}); training goes on, retrying next epoch")
         self.checkpointer.after_step(self.state.step, epoch_end=True)
         self.display.epoch_end(record)
+        self.heartbeat.log(self.display.line(record))
 
 
 def build_trainer(spec: JobSpec) -> Trainer:
@@ -82,20 +84,44 @@ def run(spec: JobSpec, console: Console, quiet: bool = False, fresh: bool = Fals
 
 
 def _run(spec: JobSpec, console: Console, quiet: bool, fresh: bool, overwrite: bool, preempted: Preemption) -> int:
-    import torch
-
-    from runner import checkpoint
-    from runner.checkpointer import Checkpointer
-    from runner.progress import ProgressDisplay
-
-    def say(message: str) -> None:
-        console.print(message, highlight=False, markup=False)
+    from runner.checkpoint import Fenced
+    from runner.heartbeat import DONE, FAILED, Heartbeat
+    from runner.heartbeat import PREEMPTED as STOPPED
 
     trainer = build_trainer(spec)
     run_dir = RunDir(spec.checkpoint.dir)
     storage.check_reachable(run_dir.url)
+    state = trainer.state
+    heartbeat = Heartbeat(run_dir.url, lambda: {"epoch": state.epoch, "step": state.step})
+
+    def say(message: str) -> None:
+        console.print(message, highlight=False, markup=False)
+        heartbeat.log(message)
+
     if fresh:
         _start_over(run_dir, overwrite)
+    store, resumed = _prepare(trainer, spec, run_dir, say)
+    info = {"name": spec.name, "epochs": spec.epochs, "steps_total": spec.epochs * trainer.batches}
+    heartbeat.start(info, resumed=resumed is not None)
+    try:
+        code = _train(trainer, spec, run_dir, store, resumed, console, quiet, preempted, say, heartbeat)
+    except Fenced:
+        heartbeat.abandon()  # the run directory is another attempt's now: leave its status alone
+        raise
+    except BaseException as e:
+        _end(heartbeat, FAILED, _first_line(e), console)
+        raise
+    if code == 0:
+        _end(heartbeat, DONE, "", console)
+    else:
+        _end(heartbeat, STOPPED, f"stopped by {_signal_name(preempted.signum)} at step {state.step}", console)
+    return code
+
+
+def _prepare(trainer: Trainer, spec: JobSpec, run_dir: RunDir, say: Any) -> tuple[CheckpointStore, Entry | None]:
+    """Claim the run directory and restore its newest checkpoint (or warm-start); write the spec."""
+    from runner import checkpoint
+
     store = checkpoint.CheckpointStore(run_dir.url, spec.checkpoint.keep)
     try:
         if spec.init_from and not store.refresh():  # a resumed run keeps its own weights
@@ -103,9 +129,30 @@ def _run(spec: JobSpec, console: Console, quiet: bool, fresh: bool, overwrite: b
         resumed = _claim_and_resume(store, trainer, spec, say)
     except OSError as e:
         raise storage.failure(run_dir.url, e) from None
-    spec_toml = to_toml(spec)
-    run_dir.write_spec(spec_toml)
-    state = trainer.state
+    run_dir.write_spec(to_toml(spec))
+    return store, resumed
+
+
+def _train(
+    trainer: Trainer,
+    spec: JobSpec,
+    run_dir: RunDir,
+    store: CheckpointStore,
+    resumed: Entry | None,
+    console: Console,
+    quiet: bool,
+    preempted: Preemption,
+    say: Any,
+    heartbeat: Heartbeat,
+) -> int:
+    """Train to the end (0) or to a stop signal (143, after a checkpoint)."""
+    import torch
+
+    from runner import checkpoint
+    from runner.checkpointer import Checkpointer
+    from runner.progress import ProgressDisplay
+
+    state, spec_toml = trainer.state, to_toml(spec)
     say(
         f"{spec.name}: {spec.model} on {spec.data.dataset} "
         f"({len(trainer.train)} train / {len(trainer.val)} val / {len(trainer.test)} test) on "
@@ -124,7 +171,7 @@ def _run(spec: JobSpec, console: Console, quiet: bool, fresh: bool, overwrite: b
     checkpointer = Checkpointer(store, snapshot, ckpt.every_steps, ckpt.every_seconds, state.step, say)
     try:
         with ProgressDisplay(console, spec.epochs, quiet) as display:
-            finished = trainer.fit(_Recorder(run_dir, state, display, checkpointer, say), preempted)
+            finished = trainer.fit(_Recorder(run_dir, state, display, checkpointer, heartbeat), preempted)
             test = trainer.evaluate(trainer.test, preempted) if finished else None
         if test is None:
             return _emergency_save(checkpointer, state.step, preempted.signum, say)
@@ -137,6 +184,22 @@ def _run(spec: JobSpec, console: Console, quiet: bool, fresh: bool, overwrite: b
     run_dir.write_metrics([*state.history, final], final=True)  # last: the final record means "done"
     say(f"done: test_acc {test_acc:.2%} (test_loss {test_loss:.4f}); weights at {run_dir.path(FINAL_WEIGHTS)}")
     return 0
+
+
+def _end(heartbeat: Heartbeat, final_state: str, message: str, console: Console) -> None:
+    try:
+        heartbeat.close(final_state, message)
+    except Exception as e:  # noqa: BLE001 - the run's outcome stands; only its status file is behind
+        console.print(f"could not write status.json ({_first_line(e)}); `runner ls` will show the run as stale")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _signal_name(signum: int | None) -> str:
+    return signal.Signals(signum).name if signum else "a signal"
 
 
 def _warm_start(trainer: Trainer, init_from: str, run_dir: RunDir, say: Any) -> None:
@@ -207,9 +270,8 @@ def _claim_and_resume(store: CheckpointStore, trainer: Trainer, spec: JobSpec, s
 def _emergency_save(checkpointer: Checkpointer, step: int, signum: int | None, say: Any) -> int:
     started = time.perf_counter()
     entry = checkpointer.save_now(step)
-    name = signal.Signals(signum).name if signum else "a signal"
     say(
-        f"stopped by {name} at step {entry.step}: checkpoint ({entry.size / 1e6:.1f} MB) saved in "
+        f"stopped by {_signal_name(signum)} at step {entry.step}: checkpoint ({entry.size / 1e6:.1f} MB) saved in "
         f"{time.perf_counter() - started:.2f} s; resubmit to resume"
     )
     return PREEMPTED

@@ -76,4 +76,7 @@ class ProgressDisplay:
         self.bar.update(self.task, completed=batch, loss=loss, acc=acc, rate=rate)
 
     def epoch_end(self, record: dict[str, Any]) -> None:
-        self.console.print(epoch_line(record, self.epochs), highlight=False)
+        self.console.print(self.line(record), highlight=False)
+
+    def line(self, record: dict[str, Any]) -> str:
+        return epoch_line(record, self.epochs)

@@ -4,6 +4,9 @@
   spec.toml                 the resolved spec (defaults filled in, overrides applied)
   metrics.jsonl             one JSON object per finished epoch, then a final test record
   final/model.safetensors   the trained weights, with what is needed to use them as metadata
+  status.json               the run's state and a heartbeat, rewritten while it runs (heartbeat.py)
+  log.txt                   what the run printed, one timestamped line per message or epoch
+  checkpoints/              payloads and commit records (checkpoint.py)
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ SPEC = "spec.toml"
 METRICS = "metrics.jsonl"
 FINAL_WEIGHTS = "final/model.safetensors"
 CHECKPOINTS = "checkpoints"
-OWNED = (SPEC, METRICS, CHECKPOINTS, "final")  # what `--fresh --overwrite` may delete
+STATUS = "status.json"
+LOG = "log.txt"
+OWNED = (SPEC, METRICS, CHECKPOINTS, "final", STATUS, LOG)  # what `--fresh --overwrite` may delete
 
 # GCS takes about one write per second to the same object name; faster rewrites get
 # 429s and stall in retries. Epochs of a small model on a GPU can be shorter than that.
@@ -88,7 +93,9 @@ def open_run(url: str) -> RunDir:
         raise UserError(f"{url}: no run there (nothing found); name a run directory such as runs/digits")
     run_dir = RunDir(url)
     if not run_dir.looks_like_a_run():
-        raise UserError(f"{url}: not a run directory (no {SPEC} or {CHECKPOINTS}/); name a run directory such as runs/digits")
+        raise UserError(
+            f"{url}: not a run directory (no {SPEC} or {CHECKPOINTS}/); name a run directory such as runs/digits"
+        )
     return run_dir
 
 

@@ -127,7 +127,8 @@ def test_resubmitting_resumes_extends_and_refuses_another_job(tmp_path: Path) ->
     status = runner_cli("status", "runs/digits", "--json", cwd=tmp_path)
     assert status.returncode == 0, status.stderr
     info = json.loads(status.stdout)
-    assert info["state"] == "done" and info["epochs_done"] == 1 and info["checkpoints"] == [21]
+    assert info["state"] == "done" and info["epoch"] == 1 and [c["step"] for c in info["checkpoints"]] == [21]
+    assert info["resumes"] == 0  # --fresh --overwrite started a new run: status.json went too
 
 
 def test_init_from_previous_warm_starts_a_new_run_from_the_newest_finished_one(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from runner.backends import Submission
 from runner.backends.k8s import K8sBackend
 from runner.errors import UserError
 from runner.manifests import render
@@ -26,6 +27,10 @@ def cnn(*overrides: str):
     return load_spec(str(JOBS / "cnn.toml"), [BUCKET, *overrides])
 
 
+def submission(spec) -> Submission:
+    return Submission(str(JOBS / "cnn.toml"), (), spec, image=IMAGE)
+
+
 @pytest.fixture
 def backend(k8s_emulator: K8sEmulatorHandle) -> K8sBackend:
     return K8sBackend(k8s_emulator.api_client(), NS)
@@ -37,7 +42,7 @@ def stored(k8s: K8sEmulatorHandle, resource: str, name: str) -> dict:
 
 def test_submit_creates_exactly_the_rendered_objects(k8s_emulator: K8sEmulatorHandle, backend: K8sBackend) -> None:
     spec = cnn("resources.gpus=1", "resources.spot=true")
-    assert backend.submit(spec, to_toml(spec), IMAGE) == "cnn"
+    assert backend.submit(submission(spec)) == 0
     config_map, job = render(spec, to_toml(spec), IMAGE)
     assert stored(k8s_emulator, "v1/configmaps", "cnn-spec")["data"] == config_map["data"]
     created = stored(k8s_emulator, "batch/v1/jobs", "cnn")
@@ -51,14 +56,14 @@ def test_a_second_submit_is_a_clear_conflict_and_leaves_no_debris(
     batch = client.BatchV1Api(k8s_emulator.api_client())
     batch.create_namespaced_job(NS, render(spec, to_toml(spec), IMAGE)[1])  # a Job of that name already runs
     with pytest.raises(UserError, match="a Job named 'cnn' already exists in namespace default; cancel it first"):
-        backend.submit(spec, to_toml(spec), IMAGE)
+        backend.submit(submission(spec))
     core = client.CoreV1Api(k8s_emulator.api_client())
     assert [c.metadata.name for c in core.list_namespaced_config_map(NS).items] == []  # rolled back
 
 
 def test_schedule_creates_a_cronjob(k8s_emulator: K8sEmulatorHandle, backend: K8sBackend) -> None:
     spec = cnn("schedule.cron=0 3 * * *")
-    backend.submit(spec, to_toml(spec), IMAGE)
+    backend.submit(submission(spec))
     cron = stored(k8s_emulator, "batch/v1/cronjobs", "cnn")
     assert cron["spec"]["schedule"] == "0 3 * * *" and cron["spec"]["concurrencyPolicy"] == "Forbid"
 
@@ -79,7 +84,7 @@ def plant_pod(k8s: K8sEmulatorHandle, name: str, job: str, phase: str, created: 
 
 def test_status_follows_the_job_and_its_pods(k8s_emulator: K8sEmulatorHandle, backend: K8sBackend) -> None:
     spec = cnn()
-    backend.submit(spec, to_toml(spec), IMAGE)
+    backend.submit(submission(spec))
     assert backend.status("cnn")["state"] == "pending"
     batch = client.BatchV1Api(k8s_emulator.api_client())
     batch.patch_namespaced_job_status("cnn", NS, {"status": {"active": 1}})
@@ -99,7 +104,7 @@ def test_status_follows_the_job_and_its_pods(k8s_emulator: K8sEmulatorHandle, ba
 
 def test_logs_of_the_newest_pod_plain_and_followed(k8s_emulator: K8sEmulatorHandle, backend: K8sBackend) -> None:
     spec = cnn()
-    backend.submit(spec, to_toml(spec), IMAGE)
+    backend.submit(submission(spec))
     plant_pod(k8s_emulator, "cnn-a", "cnn", "Failed", "2026-11-22T10:00:00Z")
     plant_pod(k8s_emulator, "cnn-b", "cnn", "Running", "2026-11-22T10:05:00Z")
     km = k8s_emulator.kmock
@@ -117,8 +122,8 @@ def test_logs_of_the_newest_pod_plain_and_followed(k8s_emulator: K8sEmulatorHand
 
 def test_cancel_deletes_the_job_and_its_spec(k8s_emulator: K8sEmulatorHandle, backend: K8sBackend) -> None:
     spec = cnn()
-    backend.submit(spec, to_toml(spec), IMAGE)
-    backend.cancel("cnn")
+    backend.submit(submission(spec))
+    assert backend.cancel("cnn").startswith("cancelled cnn in namespace default")
     api = k8s_emulator.api_client()
     assert client.BatchV1Api(api).list_namespaced_job(NS).items == []
     assert client.CoreV1Api(api).list_namespaced_config_map(NS).items == []

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from runner import manifests
+from runner.backends import Submission
 from runner.errors import RunFailed, UserError
-from runner.spec import JobSpec
 
 
 def connect(context: str | None = None) -> Any:
@@ -41,9 +41,13 @@ class K8sBackend:
         self.core = client.CoreV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
 
-    def submit(self, spec: JobSpec, spec_toml: str, image: str) -> str:
-        """Create the spec's ConfigMap and its Job (or CronJob). Returns the name to follow."""
-        config_map, workload = manifests.render(spec, spec_toml, image)
+    def submit(self, job: Submission) -> int:
+        """Create the spec's ConfigMap and its Job (or CronJob), named after the spec."""
+        from runner import image as images
+        from runner.spec import to_toml
+
+        image = job.image or images.reference(job.spec.image)
+        config_map, workload = manifests.render(job.spec, to_toml(job.spec), image)
         create = (
             self.batch.create_namespaced_cron_job if workload["kind"] == "CronJob" else self.batch.create_namespaced_job
         )
@@ -53,7 +57,7 @@ class K8sBackend:
         except BaseException:
             self._delete(self.core.delete_namespaced_config_map, config_map["metadata"]["name"])
             raise
-        return spec.name
+        return 0
 
     def status(self, name: str) -> dict[str, Any]:
         """The Job's state and its pods (newest first), as plain data."""
@@ -99,7 +103,7 @@ class K8sBackend:
         finally:
             stream.release_conn()
 
-    def cancel(self, name: str) -> None:
+    def cancel(self, name: str) -> str:
         """Delete the Job (and its pods) or the CronJob, and the spec's ConfigMap."""
         from kubernetes.client import V1DeleteOptions
 
@@ -109,6 +113,7 @@ class K8sBackend:
         if not deleted:
             raise UserError(f"no job or cronjob named '{name}' in namespace {self.namespace}")
         self._delete(self.core.delete_namespaced_config_map, f"{name}-spec")
+        return f"cancelled {name} in namespace {self.namespace} (its pods get SIGTERM and save a checkpoint)"
 
     # -- edges ----------------------------------------------------------------
 

@@ -3,16 +3,30 @@
 The child is what a container would run, so a job behaves the same here and on a
 cluster. It gets its own session, so a Ctrl-C reaches it exactly once: through
 this process, which forwards SIGINT, SIGTERM and SIGHUP.
+
+status, logs and cancel read the run directory (status.json, log.txt) rather than
+this process, so they work from another terminal, and for a run in a bucket.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from runner import heartbeat, runs, storage
+from runner.backends import Submission
+from runner.errors import RunFailed, UserError
+from runner.rundir import LOG, open_run
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+POLL_S = 1.0
+CANCEL_WAIT_S = 120.0  # an emergency save of a large state to a slow bucket takes a while
 
 
 def run_command(spec_path: str, overrides: Sequence[str], flags: Sequence[str] = ()) -> list[str]:
@@ -20,38 +34,77 @@ def run_command(spec_path: str, overrides: Sequence[str], flags: Sequence[str] =
     return [sys.executable, "-m", "runner", "run", spec_path, *(f"--set={o}" for o in overrides), *flags]
 
 
-def submit(spec_path: str, overrides: Sequence[str], flags: Sequence[str] = ()) -> int:
-    """Run the job to completion in a child process; returns its exit code."""
-    child = subprocess.Popen(run_command(spec_path, overrides, flags), start_new_session=True)
-    previous = {sig: signal.signal(sig, lambda s, _: child.send_signal(s)) for sig in FORWARDED}
+class LocalBackend:
+    def submit(self, job: Submission) -> int:
+        """Run the job to completion in a child process; returns its exit code."""
+        child = subprocess.Popen(run_command(job.spec_path, job.overrides, job.flags), start_new_session=True)
+        previous = {sig: signal.signal(sig, lambda s, _: child.send_signal(s)) for sig in FORWARDED}
+        try:
+            code = child.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 128 - code if code < 0 else code  # killed by signal N: the shell's 128+N
+
+    def status(self, run: str) -> dict[str, Any]:
+        return runs.read(open_run(run))
+
+    def logs(self, run: str, follow: bool = False) -> Iterator[str]:
+        """log.txt's lines; with `follow`, new ones as they come, until the run ends."""
+        log_url = open_run(run).path(LOG)
+        printed = 0
+        while True:
+            state, _ = runs.state_of(run)  # before reading: the last lines are in once it has ended
+            lines = _lines(log_url)
+            yield from lines[printed:]
+            printed = max(printed, len(lines))
+            if not follow or state != heartbeat.RUNNING:
+                return
+            time.sleep(POLL_S)
+
+    def cancel(self, run: str) -> str:
+        """SIGTERM the run's process (it saves a checkpoint and exits), and wait for it to end."""
+        open_run(run)
+        state, status = runs.state_of(run)
+        if state != heartbeat.RUNNING:
+            raise UserError(f"{run}: not running (state: {state}); nothing to cancel")
+        if status.get("backend") != "local":
+            raise UserError(
+                f"{run}: runs on Kubernetes (job {status.get('job')}); cancel it with "
+                f"runner cancel {status.get('job')} --backend k8s -n {status.get('namespace')}"
+            )
+        if status.get("host") != socket.gethostname():
+            raise UserError(f"{run}: runs on host {status.get('host')}, not this one; cancel it there")
+        pid = int(status["pid"])
+        if not _is_runner(pid):
+            raise UserError(f"{run}: its process {pid} is gone; the run will show as stale")
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while time.monotonic() < deadline:
+            state, status = runs.state_of(run)
+            if state != heartbeat.RUNNING:
+                return f"{run}: {state}" + (f" ({status['message']})" if status.get("message") else "")
+            time.sleep(POLL_S / 4)
+        raise RunFailed(f"{run}: sent SIGTERM to process {pid}, which has not ended after {CANCEL_WAIT_S:.0f} s")
+
+
+def _lines(url: str) -> list[str]:
     try:
-        code = child.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return 128 - code if code < 0 else code  # killed by signal N: the shell's 128+N
+        return storage.read_bytes(url).decode().splitlines()
+    except FileNotFoundError:
+        return []
 
 
-def status(run_url: str) -> dict[str, object]:
-    """Where a local (or bucket) run directory stands, read from its files alone."""
-    from runner import storage
-    from runner.checkpoint import CheckpointStore
-    from runner.errors import UserError
-    from runner.rundir import RunDir
-
-    run_dir = RunDir(run_url)
-    if not run_dir.looks_like_a_run():
-        raise UserError(f"{run_url}: not a run directory (no spec.toml or checkpoints/)")
-    records = run_dir.read_metrics() if storage.exists(run_dir.path("metrics.jsonl")) else []
-    epochs = [r for r in records if "train_loss" in r]
-    final = records[-1] if records and "test_acc" in records[-1] else None
-    checkpoints = CheckpointStore(run_url, keep=1).refresh()
-    return {
-        "run_dir": run_url,
-        "state": "done" if final else "incomplete",
-        "epochs_done": len(epochs),
-        "step": checkpoints[0].step if checkpoints else (epochs[-1]["step"] if epochs else 0),
-        "val_acc": epochs[-1].get("val_acc") if epochs else None,
-        "test_acc": final["test_acc"] if final else None,
-        "checkpoints": [e.step for e in checkpoints],
-    }
+def _is_runner(pid: int) -> bool:
+    """Whether `pid` is alive and (where /proc says) a runner process: pids get reused."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False  # someone else's process now
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"runner" in f.read()
+    except FileNotFoundError:
+        return True  # no /proc (macOS): alive is all we can tell
