@@ -77,7 +77,7 @@ def run_detail(run: dict[str, Any]) -> Group:
         ("job", f"{run['name']}: {run['model']} on {run['dataset']}"),
         ("state", state(run) + (f"  {run['message']}" if run["message"] else "")),
         ("progress", f"epoch {epochs(run)}  step {steps(run)}"),
-        ("heartbeat", age(run["heartbeat_age_s"])),
+        ("updated", age(run["heartbeat_age_s"])),
         ("backend", f"{run['backend'] or '-'}" + (f" ({where})" if where else "")),
         ("resumes", str(run["resumes"])),
         ("best val_acc", percent(run["best_val_acc"])),
