@@ -177,3 +177,11 @@ def test_state_from_the_heartbeat(status: dict | None, finished: bool, expected:
 
 def test_ages_read_like_a_person_would_say_them() -> None:
     assert [age(s) for s in (None, 4, 90, 7200, 3 * 86400)] == ["-", "4 s ago", "2 min ago", "2 h ago", "3 d ago"]
+
+
+def test_a_pod_says_which_job_it_belongs_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert heartbeat.where()["backend"] == "local"
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setenv("RUNNER_RUN_ID", "cnn-nightly-29123")  # the rendered Job sets it from its job-name label
+    here = heartbeat.where()
+    assert here["backend"] == "k8s" and here["job"] == "cnn-nightly-29123" and here["pod"] == here["host"]
