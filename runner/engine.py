@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Protocol
 
 import torch
@@ -20,11 +20,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from runner.data import Dataset, Split
-from runner.device import Placement
+from runner.device import Placement, check_compile
 from runner.spec import TrainSpec
 
 EVAL_BATCH = 1024
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def normalisation(mean: Any, std: Any, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) for `normalise`, per channel, shaped to broadcast over (N, C, H, W)."""
+    std_ = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    return 1.0 / (255.0 * std_), torch.tensor(mean, device=device).view(1, -1, 1, 1) / std_
+
+
+def normalise(pixels: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """(x/255 - mean) / std, given scale = 1/(255 std) and shift = mean/std: what every model
+    is fed, in training and after it (inference.Classifier), to the last bit.
+
+    In place on a fresh float copy: on a CPU twice as fast as one addcmul.
+    """
+    return pixels.to(torch.float32, copy=True).mul_(scale).sub_(shift)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -42,8 +57,8 @@ class Running:
         self.seen = 0
 
     def add(self, loss: torch.Tensor, correct: torch.Tensor, n: int) -> None:
-        self.loss += loss.float() * n
-        self.correct += correct
+        self.loss.add_(loss.float(), alpha=n)
+        self.correct.add_(correct)
         self.seen += n
 
     def means(self) -> tuple[float, float]:
@@ -124,14 +139,16 @@ class Trainer:
         self.amp_dtype = AMP_DTYPES[placement.precision]
         self.memory_format = torch.channels_last if placement.channels_last else torch.contiguous_format
         model = model.to(self.device, memory_format=self.memory_format)
+        if cfg.compile:
+            check_compile(self.device.type)
+        # The compiled module shares the model's parameters; the state stays the plain model,
+        # so checkpoints and weights carry no compiler wrapper and load anywhere.
+        self.forward = torch.compile(model) if cfg.compile else model
         # Moved once: every step then gathers its batch on the device.
         self.train, self.val, self.test = (self._to_device(s) for s in (data.train, data.val, data.test))
-        shape = (1, -1, 1, 1)
-        std = torch.tensor(data.info.std, device=self.device).view(shape)
-        self.scale = 1.0 / (255.0 * std)
-        self.shift = torch.tensor(data.info.mean, device=self.device).view(shape) / std
+        self.scale, self.shift = normalisation(data.info.mean, data.info.std, self.device)
         self.batches = math.ceil(len(self.train) / cfg.batch_size)
-        optimizer = _optimizer(cfg, model.parameters())
+        optimizer = _optimizer(cfg, model.parameters(), self.device)
         scheduler = (
             torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * self.batches)
             if cfg.lr_schedule == "cosine"
@@ -145,11 +162,12 @@ class Trainer:
         return Split(split.x.to(self.device), split.y.to(self.device))
 
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.addcmul(-self.shift, x.float(), self.scale)  # (x/255 - mean) / std
-        return x.contiguous(memory_format=self.memory_format)
+        return normalise(x, self.scale, self.shift).contiguous(memory_format=self.memory_format)
 
-    def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+    def _autocast(self) -> AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return nullcontext()  # constructing a disabled autocast costs more than a small step's kernels
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def fit(self, events: Events, stop: Callable[[], bool] = lambda: False) -> bool:
         """Train to `cfg.epochs`. Returns False if `stop()` said so between two steps."""
@@ -166,7 +184,8 @@ class Trainer:
                 if stop():
                     return False
                 idx = order[s.batch * bs : (s.batch + 1) * bs]
-                self._step(self.train.x[idx], self.train.y[idx])
+                # index_select copies whole rows; x[idx] (advanced indexing) is ~15x slower on a CPU.
+                self._step(self.train.x.index_select(0, idx), self.train.y.index_select(0, idx))
                 s.batch += 1
                 s.step += 1
                 samples += len(idx)
@@ -197,12 +216,16 @@ class Trainer:
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         s = self.state
         with self._autocast():
-            logits = s.model(self._inputs(x))
+            logits = self.forward(self._inputs(x))
             loss = F.cross_entropy(logits, y)
         s.optimizer.zero_grad(set_to_none=True)
-        s.scaler.scale(loss).backward()
-        s.scaler.step(s.optimizer)
-        s.scaler.update()
+        if s.scaler.is_enabled():  # fp16 only
+            s.scaler.scale(loss).backward()
+            s.scaler.step(s.optimizer)
+            s.scaler.update()
+        else:
+            loss.backward()
+            s.optimizer.step()
         if s.scheduler:
             s.scheduler.step()
         s.running.add(loss.detach(), (logits.argmax(1) == y).sum(), len(y))
@@ -224,7 +247,7 @@ class Trainer:
                     return None
                 x, y = split.x[i : i + EVAL_BATCH], split.y[i : i + EVAL_BATCH]
                 with self._autocast():
-                    logits = model(self._inputs(x))
+                    logits = self.forward(self._inputs(x))
                 loss += F.cross_entropy(logits.float(), y, reduction="sum")
                 correct += (logits.argmax(1) == y).sum()
         finally:
@@ -238,11 +261,14 @@ class Trainer:
             self.state.scheduler.T_max = self.cfg.epochs * self.batches
 
 
-def _optimizer(cfg: TrainSpec, params: Any) -> torch.optim.Optimizer:
+def _optimizer(cfg: TrainSpec, params: Any, device: torch.device) -> torch.optim.Optimizer:
+    # Fused: one kernel per parameter instead of about ten, and deterministic. For a small
+    # model on a CPU the unfused update was a fifth of the step time.
+    fused = True if device.type in ("cpu", "cuda") else None
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
 def _rng_state() -> dict[str, Any]:

@@ -19,21 +19,47 @@ def _flat_size(features: nn.Module, in_shape: tuple[int, int, int]) -> int:
         return features(torch.zeros(1, *in_shape)).numel()
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout, with its mask drawn three times faster on a CPU.
+
+    On a CPU torch draws the mask with bernoulli_: one Mersenne Twister draw per element,
+    in a serial loop, at about 10 ns each. After the convolutions that was the largest
+    cost of the MNIST CNN's step (11% on 2 cores). Comparing uniform draws with p gives
+    the same mask distribution (keep with probability 1 - p, scaled by 1 / (1 - p)) and
+    draws from the same generator, so runs stay deterministic. Elsewhere (CUDA's fused
+    kernel) and in evaluation this is nn.Dropout.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not 0 < self.p < 1 or self.inplace or x.device.type != "cpu":
+            return super().forward(x)
+        # Drawn in fp32 whatever x is: bf16's coarse steps would bias the keep probability.
+        keep = torch.empty_like(x, dtype=torch.float32).uniform_().ge_(self.p)
+        return x * keep.to(x.dtype).mul_(1 / (1 - self.p))
+
+
 class MLP(nn.Module):
     def __init__(self, opts: MLPOptions, in_shape: tuple[int, int, int], num_classes: int):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_shape[0] * in_shape[1] * in_shape[2]
         for hidden in opts.hidden:
-            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
             if opts.dropout:
-                layers.append(nn.Dropout(opts.dropout))
+                layers.append(Dropout(opts.dropout))
             width = hidden
         layers.append(nn.Linear(width, num_classes))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+# The tutorials apply ReLU and then max-pool; the CNNs here pool first. The two are the
+# same function with the same gradients: ReLU is monotonic, so it commutes with max (the
+# same element wins each window), and a window whose maximum is <= 0 passes no gradient
+# either way. Pooling first runs ReLU and its backward on a quarter of the elements.
+# Weights keep their names: both orders put the convolutions at the same indices.
 
 
 class TutorialCNN(nn.Module):
@@ -43,14 +69,13 @@ class TutorialCNN(nn.Module):
         super().__init__()
         c1, c2 = opts.channels
         self.features = nn.Sequential(
-            nn.Conv2d(in_shape[0], c1, 3), nn.ReLU(),
-            nn.Conv2d(c1, c2, 3), nn.ReLU(),
-            nn.MaxPool2d(2),
+            nn.Conv2d(in_shape[0], c1, 3), nn.ReLU(inplace=True),
+            nn.Conv2d(c1, c2, 3), nn.MaxPool2d(2), nn.ReLU(inplace=True),  # pool first: see above
         )  # fmt: skip
         self.head = nn.Sequential(
-            nn.Dropout(opts.dropout[0]), nn.Flatten(),
-            nn.Linear(_flat_size(self.features, in_shape), opts.hidden), nn.ReLU(),
-            nn.Dropout(opts.dropout[1]),
+            Dropout(opts.dropout[0]), nn.Flatten(),
+            nn.Linear(_flat_size(self.features, in_shape), opts.hidden), nn.ReLU(inplace=True),
+            Dropout(opts.dropout[1]),
             nn.Linear(opts.hidden, num_classes),
         )  # fmt: skip
 
@@ -65,13 +90,13 @@ class KerasCNN(nn.Module):
         super().__init__()
         c1, c2, c3 = opts.channels
         self.features = nn.Sequential(
-            nn.Conv2d(in_shape[0], c1, 3), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 3), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c2, c3, 3), nn.ReLU(),
+            nn.Conv2d(in_shape[0], c1, 3), nn.MaxPool2d(2), nn.ReLU(inplace=True),  # pool first: see above
+            nn.Conv2d(c1, c2, 3), nn.MaxPool2d(2), nn.ReLU(inplace=True),
+            nn.Conv2d(c2, c3, 3), nn.ReLU(inplace=True),
         )  # fmt: skip
         self.head = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(_flat_size(self.features, in_shape), opts.hidden), nn.ReLU(),
+            nn.Linear(_flat_size(self.features, in_shape), opts.hidden), nn.ReLU(inplace=True),
             nn.Linear(opts.hidden, num_classes),
         )  # fmt: skip
 

@@ -46,9 +46,10 @@ def test_unsupported_precision_is_a_user_error(requested: str, acc: Accelerators
         place("auto", requested, acc)
 
 
-def test_channels_last_on_cuda_only() -> None:
+def test_channels_last_except_on_mps() -> None:
     assert place("auto", "auto", ONE_GPU).channels_last
-    assert not place("auto", "auto", NONE).channels_last
+    assert place("auto", "auto", NONE).channels_last  # oneDNN's convolutions: the CNN's step 1.3x faster
+    assert not place("auto", "auto", MAC).channels_last
 
 
 @pytest.mark.parametrize(("cpu_max", "cap"), [("150000 100000", 2), ("50000 100000", 1), ("max 100000", None)])

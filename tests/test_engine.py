@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 import torch
 
+from runner.device import COMPILERS, check_compile
 from runner.engine import Trainer, epoch_order
+from runner.errors import UserError
 from runner.job import build_trainer
 from runner.spec import load_spec
 from tests.helpers import JOBS
@@ -114,3 +116,69 @@ def test_restoring_overwrites_a_different_initialisation() -> None:
     restored = reload(t, "seed=7")  # built from another seed, then restored
     assert same_weights(t, restored)
     assert (restored.state.epoch, restored.state.batch, restored.state.step) == (0, 3, 3)
+
+
+def test_the_loss_scaling_path_scales_and_unscales_exactly() -> None:
+    # fp16 with loss scaling needs CUDA; its branch of the step runs here with a CPU scaler.
+    # In fp32 a power-of-two scale is undone exactly (inside the fused optimizer step).
+    plain, scaled = trainer("epochs=1"), trainer("epochs=1")
+    scaled.state.scaler = torch.amp.GradScaler("cpu", enabled=True)
+    for t in (plain, scaled):
+        assert not t.fit(Quiet(), stop_at(6, t))
+    assert scaled.state.scaler.get_scale() == 2.0**16  # no overflow seen, so never backed off
+    assert same_weights(plain, scaled)
+
+
+def test_compile_wraps_the_forward_pass_and_leaves_the_state_plain(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch.compile for real, with dynamo's "eager" backend: the graph is captured and run
+    # as captured, without inductor's C++ code generation (tens of seconds on a CPU).
+    real_compile, compiled = torch.compile, []
+
+    def eager_compile(model: torch.nn.Module, **kwargs: Any) -> Any:
+        compiled.append(model)
+        return real_compile(model, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    torch._dynamo.reset()
+    try:
+        plain, with_compile = trainer("epochs=1"), trainer("epochs=1", "compile=true")
+        assert compiled == [with_compile.state.model] and plain.forward is plain.state.model
+        for t in (plain, with_compile):
+            assert not t.fit(Quiet(), stop_at(4, t))
+        assert same_weights(plain, with_compile)  # the same computation, compiled or not
+        assert with_compile.evaluate(with_compile.test) == plain.evaluate(plain.test)
+        # Checkpoints and weights hold the model's own names, not the compiled wrapper's.
+        assert with_compile.state.state_dict()["model"].keys() == plain.state.state_dict()["model"].keys()
+    finally:
+        torch._dynamo.reset()
+
+
+CXX = COMPILERS["cpu"][1][0]  # g++ (clang++ on macOS): what inductor calls
+
+
+@pytest.mark.parametrize(
+    ("kind", "on_path", "problem"),
+    [
+        ("cpu", {CXX}, None),
+        ("cuda", {"cc"}, None),
+        ("cpu", {"gcc", "cc"}, "compile: torch.compile on cpu needs a C\\+\\+ compiler"),  # C is not enough
+        ("cuda", set(), "compile: torch.compile on cuda needs a C compiler"),  # PyTorch's runtime images
+        ("mps", set(), None),  # left to torch
+    ],
+)
+def test_compile_needs_a_compiler(
+    kind: str, on_path: set[str], problem: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.delenv("CXX", raising=False)
+
+    def find(name: str) -> str | None:
+        return f"/usr/bin/{name}" if name in on_path else None
+
+    if problem is None:
+        check_compile(kind, find)
+    else:
+        with pytest.raises(UserError, match=problem):
+            check_compile(kind, find)
+    monkeypatch.setenv("CXX" if kind == "cpu" else "CC", "/opt/bin/my-compiler")
+    check_compile(kind, find)  # the environment variable names one

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from runner.errors import UserError
-from runner.spec import load_spec, parse_override, to_toml
+from runner.spec import load_spec, parse_override, resume_conflicts, to_toml
 from tests.helpers import JOBS
 
 EXAMPLES = sorted(JOBS.glob("*.toml"))
@@ -95,3 +95,17 @@ def test_all_errors_are_reported_on_one_line(tmp_path: Path) -> None:
 def test_an_error_caused_by_an_override_names_the_override() -> None:
     with pytest.raises(UserError, match=r"^--set batch_size=0: batch_size: Input should be greater"):
         load_spec(str(JOBS / "mlp.toml"), ["batch_size=0"])
+
+
+def test_compile_is_off_by_default_and_may_change_on_resume() -> None:
+    spec = load_spec(str(JOBS / "cnn.toml"))
+    assert spec.compile is False
+    compiled = load_spec(str(JOBS / "cnn.toml"), ["compile=true"])
+    assert compiled.compile is True
+    # How the model is computed, like device and precision, not what is trained.
+    assert resume_conflicts(spec.model_dump(mode="json"), compiled) == []
+
+
+def test_compile_takes_a_boolean() -> None:
+    with pytest.raises(UserError, match=r"^--set compile=maybe: compile: Input should be a valid boolean"):
+        load_spec(str(JOBS / "cnn.toml"), ["compile=maybe"])
