@@ -293,6 +293,147 @@ def cancel(
     typer.echo(_backend(backend, namespace, context).cancel(run))
 
 
+# -- using what a run trained: plot, eval, predict, export ----------------------------------------
+
+RunDirArg = Annotated[str, typer.Argument(metavar="RUN", help="A run directory: a path or URL (gs://bucket/runs/x).")]
+CheckpointOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--checkpoint",
+        "-c",
+        metavar="latest|STEP",
+        help="Use a checkpoint's weights (default: the final ones; the newest checkpoint's if there are none yet).",
+    ),
+]
+
+
+class Split(StrEnum):
+    test = "test"
+    val = "val"
+
+
+class Invert(StrEnum):
+    auto = "auto"
+    yes = "yes"
+    no = "no"
+
+
+class ExportFormat(StrEnum):
+    safetensors = "safetensors"
+    torchscript = "torchscript"
+    onnx = "onnx"
+
+
+class PlotX(StrEnum):
+    epoch = "epoch"
+    step = "step"
+
+
+FormatOpt = Annotated[
+    ExportFormat,
+    typer.Option(
+        "--format",
+        "-f",
+        help="safetensors: the weights and their metadata; torchscript, onnx: the model with its normalisation "
+        "(float pixels 0-255 in, logits out).",
+    ),
+]
+
+
+def _warn(message: str) -> None:
+    typer.echo(f"warning: {message}", err=True)
+
+
+@_command
+def plot(
+    runs: Annotated[list[str], typer.Argument(metavar="RUN...", help="Run directories, drawn together.")],
+    output: Annotated[str, typer.Option("--output", "-o", metavar="FILE", help="The image: .png, .svg or .pdf.")],
+    x: Annotated[PlotX, typer.Option("--x", help="The horizontal axis.")] = PlotX.epoch,
+) -> None:
+    """Plot loss and accuracy against epoch from runs' metrics.jsonl, overlaid, to an image file."""
+    from runner import plot as plots
+    from runner.rundir import open_run
+
+    plots.plot_runs([open_run(r) for r in runs], output, x.value)
+    typer.echo(f"wrote {output}: {', '.join(runs)}")
+
+
+@app.command("eval")
+@_exit_codes
+def eval_(
+    run: RunDirArg,
+    split: Annotated[Split, typer.Option("--split", help="The run's held-out samples to use.")] = Split.test,
+    checkpoint: CheckpointOpt = None,
+    set_: SetOpt = [],
+    json_: JsonOpt = False,
+) -> None:
+    """Accuracy, per-class accuracy and confusion matrix of a run's weights on its test (or val) split.
+
+    --set may say where the data is now (data.root, data.download) or where to compute (device, threads).
+    """
+    from runner import views
+    from runner.rundir import open_run
+
+    run_dir = open_run(run)  # before torch loads: a bad RUN fails at once
+    from runner import inference
+
+    result = inference.evaluate_run(run_dir, split.value, checkpoint, set_, _warn)
+    if json_:
+        typer.echo(views.to_json(result.to_json()))
+    else:
+        Console(soft_wrap=True).print(views.evaluation_view(result))
+
+
+@_command
+def predict(
+    run: RunDirArg,
+    images: Annotated[list[str], typer.Argument(metavar="IMAGE...", help="Image files (PNG, JPEG), any size.")],
+    top: Annotated[int, typer.Option("--top", "-k", min=1, help="Classes shown per image.")] = 3,
+    invert: Annotated[
+        Invert,
+        typer.Option(
+            "--invert",
+            help="Invert the images' brightness. auto: when the model learnt light-on-dark images (MNIST and "
+            "the like) and an image's border is light (dark ink on paper).",
+        ),
+    ] = Invert.auto,
+    checkpoint: CheckpointOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Classify image files with a run's model and preprocessing: the top classes, with probabilities."""
+    from runner import views
+    from runner.rundir import open_run
+
+    run_dir = open_run(run)
+    from runner import inference
+
+    trained = inference.load_trained(run_dir, checkpoint, _warn)
+    predictions = inference.predict(trained, images, top, invert.value)
+    if json_:
+        typer.echo(views.to_json({"weights": trained.source, "predictions": [p.to_json() for p in predictions]}))
+    else:
+        typer.echo(views.predictions_text(trained, predictions))
+
+
+@_command
+def export(
+    run: RunDirArg,
+    fmt: FormatOpt,
+    output: Annotated[str, typer.Option("--output", "-o", metavar="FILE", help="Where to write it: a path or URL.")],
+    checkpoint: CheckpointOpt = None,
+) -> None:
+    """Write a run's trained model in a form other programs load."""
+    from runner.rundir import open_run
+
+    run_dir = open_run(run)
+    from runner import export as exports
+    from runner import inference
+
+    trained = inference.load_trained(run_dir, checkpoint, _warn)
+    size = exports.export(trained, fmt.value, output)
+    typer.echo(f"wrote {output} ({fmt.value}, {size / 1e6:.1f} MB) from {trained.source}")
+
+
 def _backend(backend: Backend, namespace: str, context: str) -> Any:
     if backend is Backend.k8s:
         from runner.backends.k8s import K8sBackend, connect

@@ -8,7 +8,6 @@ that verifies.
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 import tomllib
@@ -16,15 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from runner import __version__, storage
+from runner import storage
 from runner.errors import RunFailed, UserError
-from runner.rundir import FINAL_WEIGHTS, RunDir
+from runner.rundir import FINAL_WEIGHTS, RunDir, weights_metadata
 from runner.spec import JobSpec, resume_conflicts, to_toml
 
 if TYPE_CHECKING:
     from runner.checkpoint import CheckpointStore, Entry
     from runner.checkpointer import Checkpointer
-    from runner.data import DatasetInfo
     from runner.engine import Trainer, TrainState
     from runner.heartbeat import Heartbeat
     from runner.signals import Preemption
@@ -180,7 +178,7 @@ def _train(
         checkpointer.close()
     test_loss, test_acc = test
     final = {"epoch": state.epoch, "step": state.step, "test_loss": test_loss, "test_acc": test_acc}
-    run_dir.write_final(state.model.state_dict(), _weights_metadata(spec, trainer.info))
+    run_dir.write_final(state.model.state_dict(), weights_metadata(spec, trainer.info))
     run_dir.write_metrics([*state.history, final], final=True)  # last: the final record means "done"
     say(f"done: test_acc {test_acc:.2%} (test_loss {test_loss:.4f}); weights at {run_dir.path(FINAL_WEIGHTS)}")
     return 0
@@ -211,7 +209,7 @@ def _warm_start(trainer: Trainer, init_from: str, run_dir: RunDir, say: Any) -> 
         say("init_from = previous: no finished run beside this one yet; starting from scratch")
         return
     try:
-        weights = source.read_final()
+        weights, _ = source.read_final()
     except FileNotFoundError:
         raise UserError(
             f"init_from: {source.path(FINAL_WEIGHTS)} does not exist; name a finished run directory"
@@ -275,18 +273,3 @@ def _emergency_save(checkpointer: Checkpointer, step: int, signum: int | None, s
         f"{time.perf_counter() - started:.2f} s; resubmit to resume"
     )
     return PREEMPTED
-
-
-def _weights_metadata(spec: JobSpec, info: DatasetInfo) -> dict[str, str]:
-    """What a program needs to use the weights without the spec (safetensors metadata is str->str)."""
-    return {
-        "format": "runner/1",
-        "runner_version": __version__,
-        "model": spec.model,
-        "model_options": json.dumps(spec.model_options),
-        "dataset": spec.data.dataset,
-        "input_shape": json.dumps(info.shape),
-        "classes": json.dumps(info.classes),
-        "mean": json.dumps(info.mean),
-        "std": json.dumps(info.std),
-    }

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from runner import storage
+from runner import __version__, storage
 from runner.errors import UserError
+
+if TYPE_CHECKING:
+    from runner.data import DatasetInfo
+    from runner.spec import JobSpec
 
 SPEC = "spec.toml"
 METRICS = "metrics.jsonl"
@@ -70,16 +74,36 @@ class RunDir:
     def read_metrics(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in storage.read_bytes(self.path(METRICS)).decode().splitlines()]
 
-    def read_final(self) -> dict[str, Any]:
+    def read_final(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """The final weights and their metadata (see `weights_metadata`)."""
         from safetensors.torch import load
 
-        return load(storage.read_bytes(self.path(FINAL_WEIGHTS)))
+        data = storage.read_bytes(self.path(FINAL_WEIGHTS))
+        # An 8-byte little-endian header length, then a JSON header whose "__metadata__"
+        # holds the string pairs written with the weights (safetensors.torch.load drops them).
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+        return load(data), header.get("__metadata__", {})
 
     def write_final(self, weights: dict[str, Any], metadata: dict[str, str]) -> None:
         from safetensors.torch import save
 
         tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
         storage.write_bytes(self.path(FINAL_WEIGHTS), save(tensors, metadata=metadata))
+
+
+def weights_metadata(spec: JobSpec, info: DatasetInfo) -> dict[str, str]:
+    """What a program needs to use the weights without the spec (safetensors metadata is str->str)."""
+    return {
+        "format": "runner/1",
+        "runner_version": __version__,
+        "model": spec.model,
+        "model_options": json.dumps(spec.model_options),
+        "dataset": spec.data.dataset,
+        "input_shape": json.dumps(info.shape),
+        "classes": json.dumps(info.classes),
+        "mean": json.dumps(info.mean),
+        "std": json.dumps(info.std),
+    }
 
 
 def open_run(url: str) -> RunDir:

@@ -63,6 +63,14 @@ def write_bytes(url: str, data: bytes, create_only: bool = False) -> None:
         raise AlreadyExists(url) from None
 
 
+def write_output(url: str, data: bytes, option: str = "-o") -> None:
+    """Write a file the user named on the command line, or say in one line why it cannot be."""
+    try:
+        write_bytes(url, data)
+    except OSError as e:  # a directory there, or a file where a directory should be
+        raise UserError(f"{option} {url}: cannot write it ({e.strerror or e})") from None
+
+
 def read_bytes(url: str) -> bytes:
     fs, path = _fs(url)
     return fs.cat_file(path)

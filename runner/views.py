@@ -1,4 +1,4 @@
-"""How `runner ls` and `runner status` show runs to a person (rich) or a script (JSON).
+"""How runs and their results look to a person (rich) or a script (JSON): ls, status, eval, predict.
 
 Pure: run summaries (runs.summarize) in, renderables and strings out.
 """
@@ -6,10 +6,15 @@ Pure: run summaries (runs.summarize) in, renderables and strings out.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
 from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from runner.inference import Evaluation, Prediction, Trained
 
 STATE_STYLES = {"running": "cyan", "done": "green", "failed": "red", "preempted": "yellow", "stale": "magenta"}
 
@@ -101,3 +106,40 @@ def run_detail(run: dict[str, Any]) -> Group:
 
 def _num(value: float | None, spec: str = ".4f") -> str:
     return "-" if value is None else format(value, spec)
+
+
+def evaluation_view(result: Evaluation) -> Group:
+    """The evaluation as rich renderables: a summary, per-class accuracy, the confusion matrix."""
+    summary = Text(
+        f"weights: {result.weights}\n{result.split} split: {result.samples} samples, accuracy "
+        f"{result.accuracy:.2%} ({result.correct}/{result.samples}), loss {result.loss:.4f}"
+    )
+    per_class = Table(title="per class", box=None, header_style="bold", title_justify="left", pad_edge=False)
+    for column in ("class", "samples", "correct", "accuracy"):
+        per_class.add_column(column, justify="left" if column == "class" else "right")
+    for name, n, k in result.per_class():
+        per_class.add_row(Text(name), str(n), str(k), f"{k / n:.2%}" if n else "-")
+    # Long class names (CIFAR-10's) would not fit as column headers: number the classes then.
+    short = all(len(c) <= 5 for c in result.classes)
+    heads = list(result.classes) if short else [str(i) for i in range(len(result.classes))]
+    matrix = Table(box=None, header_style="bold", pad_edge=False)
+    matrix.add_column("")
+    for head in heads:
+        matrix.add_column(head, justify="right")
+    for i, (name, row) in enumerate(zip(result.classes, result.confusion, strict=True)):
+        cells = [f"[bold green]{n}[/]" if j == i else (str(n) if n else "[dim]·[/]") for j, n in enumerate(row)]
+        matrix.add_row(Text(name if short else f"{i} {name}", style="bold"), *cells)
+    title = Text("confusion matrix (rows: true class, columns: predicted)", style="italic")
+    return Group(summary, "", per_class, "", title, matrix)
+
+
+def predictions_text(trained: Trained, predictions: Sequence[Prediction]) -> str:
+    """One line per image: its most likely classes with probabilities, and whether it was inverted.
+    Plain aligned text, not a table: a table would cut long paths to the terminal's width."""
+    width = max(len(p.image) for p in predictions)
+    name_width = max(len(c) for c in trained.classes)
+    lines = [f"weights: {trained.source}"]
+    for p in predictions:
+        guesses = "   ".join(f"{c:>{name_width}} {prob:7.2%}" for c, prob in p.top)
+        lines.append(f"{p.image:<{width}}   {guesses}" + ("   (inverted)" if p.inverted else ""))
+    return "\n".join(lines)

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -10,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import write_mnist
+from tests.helpers import JOBS, REPO, write_mnist
 
 pytest_plugins = ["tests.k8s_emulator"]  # the k8s_emulator fixture
 
@@ -59,3 +64,61 @@ def make_bucket(emulator_url: str) -> str:
 def bucket(gcs_emulator: str) -> str:
     """A new, empty bucket in the emulator: gs://<name>."""
     return f"gs://{make_bucket(gcs_emulator)}"
+
+
+# The shared runs: a small CNN, small batches: 41 steps an epoch, about 65% accurate after one, 90% after two.
+TRAINED_SPEC = [
+    "--set=device=cpu",
+    "--set=threads=1",
+    "--set=batch_size=32",
+    "--set=model_options={channels=[8,16],hidden=64}",
+    "--quiet",
+]
+STEPS_PER_EPOCH = 41
+
+
+def _start(run_dir: Path, epochs: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", "run", str(JOBS / "digits.toml"), *TRAINED_SPEC, f"--set=epochs={epochs}",
+         f"--set=checkpoint.dir={run_dir.name}"],
+        cwd=run_dir.parent, env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def _finish(proc: subprocess.Popen) -> str:
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    return out
+
+
+def _committed_checkpoint(run_dir: Path) -> bool:
+    records = sorted((run_dir / "checkpoints" / "commits").glob("*.json"))
+    return bool(records) and bool(json.loads(records[-1].read_text())["checkpoints"])
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Run directories of jobs/digits.toml, made once per session with the real CLI.
+
+    finished: 1 epoch. killed: epochs = 10, SIGKILLed once its first checkpoint (end of
+    epoch 1) was committed: metrics for one epoch, a checkpoint, no final weights.
+    resumed: a copy of killed, resubmitted with epochs = 2. Same spec and seed throughout,
+    so killed's checkpoint holds the very weights of finished's final ones.
+    """
+    base = tmp_path_factory.getbasetemp() / "trained-runs"
+    runs = {name: base / name for name in ("finished", "resumed", "killed")}
+    base.mkdir()
+    finished, killed = _start(runs["finished"], epochs=1), _start(runs["killed"], epochs=10)  # a thread each
+    deadline = time.monotonic() + 180
+    while not _committed_checkpoint(runs["killed"]):
+        assert killed.poll() is None and time.monotonic() < deadline, killed.communicate()[0]
+        time.sleep(0.05)
+    killed.kill()
+    killed.communicate()
+    assert not (runs["killed"] / "final").exists()
+    shutil.copytree(runs["killed"], runs["resumed"])
+    resumed = _start(runs["resumed"], epochs=2)
+    _finish(finished)
+    assert f"resumed from step {STEPS_PER_EPOCH} (epoch 2, batch 0)" in _finish(resumed)
+    return runs

@@ -143,21 +143,34 @@ def test_a_run_in_a_bucket(bucket: str, tmp_path: Path) -> None:
     assert "done: test_acc" in runner_cli("logs", f"{bucket}/runs/cnn", cwd=tmp_path).stdout
 
 
-@pytest.mark.parametrize("command", ["status", "logs", "cancel", "ls"])
+RUN_COMMANDS = {  # every command that takes a run directory, with the rest of its arguments
+    "status": [],
+    "logs": [],
+    "cancel": [],
+    "eval": [],
+    "predict": ["digit.png"],
+    "export": ["--format", "onnx", "-o", "model.onnx"],
+    "plot": ["-o", "curves.png"],
+}
+
+
+@pytest.mark.parametrize("command", [*RUN_COMMANDS, "ls"])
 def test_bad_run_arguments_exit_2_with_one_line(command: str, tmp_path: Path, bucket: str) -> None:
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("not a run")
     for run, reason in [
-        ("missing", "missing: nothing there" if command == "ls" else "missing: no run there"),
+        ("missing", "nothing there" if command == "ls" else "no run there"),
         (bucket, "nothing there" if command == "ls" else "no run there"),
-        ("notes", None if command == "ls" else "notes: not a run directory"),
+        ("notes", None if command == "ls" else "not a run directory"),
     ]:
-        result = runner_cli(command, run, cwd=tmp_path)
+        result = runner_cli(command, run, *RUN_COMMANDS.get(command, []), cwd=tmp_path)
         if reason is None:  # a directory without runs is a fine PREFIX: an empty listing
             assert result.returncode == 0 and result.stdout == "no runs under notes\n"
             continue
         assert result.returncode == 2, (run, result.stdout, result.stderr)
-        assert reason in result.stderr and len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+        assert result.stderr.startswith(f"error: {run}: {reason}")
+        assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == [tmp_path / "notes"]  # nothing written: no image, no model file
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,84 @@
+"""A run's trained model in a form other programs load: safetensors, TorchScript or ONNX.
+
+safetensors holds the network's weights with runner's metadata (model, options, input
+shape, classes, mean, std): what `final/model.safetensors` holds, for any weights of
+the run. TorchScript and ONNX hold the whole `inference.Classifier`, normalisation
+included: float32 pixels (N, C, H, W) on the 0..255 scale in, any batch size, logits
+out; the same metadata rides along (TorchScript: extra file `runner.json`; ONNX:
+metadata_props).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import warnings
+
+import torch
+
+from runner import storage
+from runner.errors import UserError
+from runner.inference import Trained
+
+FORMATS = ("safetensors", "torchscript", "onnx")
+ONNX_MODULES = ("onnx", "onnxscript")  # torch.onnx.export (the dynamo exporter) needs both
+
+
+def export(trained: Trained, fmt: str, url: str) -> int:
+    """Write `trained` to `url` (a path or URL) as `fmt`; returns the bytes written."""
+    data = {"safetensors": to_safetensors, "torchscript": to_torchscript, "onnx": to_onnx}[fmt](trained)
+    storage.write_output(url, data)
+    return len(data)
+
+
+def to_safetensors(trained: Trained) -> bytes:
+    from safetensors.torch import save
+
+    weights = {k: v.detach().cpu().contiguous() for k, v in trained.model.net.state_dict().items()}
+    return save(weights, metadata=trained.metadata)
+
+
+def to_torchscript(trained: Trained) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # torch >= 2.10 deprecates TorchScript for authors in favour of torch.export, but it is
+        # what libtorch (C++) and many model servers load; the warning means nothing to a user here.
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(trained.model, _example(trained))
+        torch.jit.save(traced, buffer, _extra_files={"runner.json": json.dumps(trained.metadata)})
+    return buffer.getvalue()
+
+
+def to_onnx(trained: Trained) -> bytes:
+    require(ONNX_MODULES)
+    import onnx
+
+    batch = torch.export.Dim("batch")
+    program = torch.onnx.export(
+        trained.model,
+        (_example(trained),),
+        input_names=["pixels"],
+        output_names=["logits"],
+        dynamic_shapes={"pixels": {0: batch}},
+        dynamo=True,
+        verbose=False,  # no progress lines on stdout
+    )
+    proto = program.model_proto  # a new proto on each access: keep this one
+    onnx.helper.set_model_props(proto, trained.metadata)
+    onnx.checker.check_model(proto, full_check=True)  # never hand over a model ONNX itself rejects
+    return proto.SerializeToString()
+
+
+def require(modules: tuple[str, ...]) -> None:
+    """A one-line UserError naming the extra to install if any of `modules` is missing."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(
+            f"--format onnx needs the packages {', '.join(missing)} (not installed): pip install 'runner[onnx]'"
+        )
+
+
+def _example(trained: Trained) -> torch.Tensor:
+    # Two mid-grey images: tracing needs an input; a batch of 2 keeps the batch dimension general.
+    return torch.full((2, *trained.input_shape), 127.0)
