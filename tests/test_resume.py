@@ -111,7 +111,7 @@ def test_sigkill_at_random_moments_then_resubmit_ends_bitwise_equal(
         log.append(f"--- exit {code}\n{out}")
         # A kill can land after training ended (during exit): the next attempt then finds it done.
         resumed_steps += [
-            int(s) for s in re.findall(r"(?:resumed from|already trained to epoch \d+ \() step (\d+)", out)
+            int(s) for s in re.findall(r"(?:resumed from |already trained to epoch \d+ \()step (\d+)", out)
         ]
         if code == 0:
             break
