@@ -246,7 +246,7 @@ def ls(
     elif not found:
         typer.echo(f"no runs under {prefix}")
     else:
-        Console().print(views.runs_table(found))
+        _table_console().print(views.runs_table(found))
 
 
 @_command
@@ -266,7 +266,7 @@ def status(
     elif backend is Backend.k8s:
         typer.echo(views.key_values(info))
     else:
-        Console().print(views.run_detail(info))
+        _table_console().print(views.run_detail(info))
 
 
 @_command
@@ -432,6 +432,13 @@ def export(
     trained = inference.load_trained(run_dir, checkpoint, _warn)
     size = exports.export(trained, fmt.value, output)
     typer.echo(f"wrote {output} ({fmt.value}, {size / 1e6:.1f} MB) from {trained.source}")
+
+
+def _table_console() -> Console:
+    """A terminal's width on a terminal; elsewhere (a pipe, a file) tables at their natural
+    width instead of rich's default 80 columns, which would cut run names short."""
+    console = Console()
+    return console if console.is_terminal else Console(width=10_000)
 
 
 def _backend(backend: Backend, namespace: str, context: str) -> Any:
