@@ -51,7 +51,7 @@ def where() -> dict[str, Any]:
     here: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
     job = os.environ.get("RUNNER_RUN_ID")  # set by the rendered Job (downward API)
     if os.environ.get("KUBERNETES_SERVICE_HOST") and job:
-        namespace = _read("/var/run/secrets/kubernetes.io/serviceaccount/namespace").decode().strip() or None
+        namespace = storage.read_text("/var/run/secrets/kubernetes.io/serviceaccount/namespace").strip() or None
         return {**here, "backend": "k8s", "job": job, "namespace": namespace, "pod": here["host"]}
     return {**here, "backend": "local"}
 
@@ -72,9 +72,9 @@ class Heartbeat:
 
     def start(self, info: dict[str, Any], resumed: bool) -> None:
         """Announce the run as running (first write), then keep announcing it."""
-        earlier = json.loads(_read(self.status_url) or b"{}")
+        earlier = json.loads(storage.read_text(self.status_url) or "{}")
         with self._lock:  # a run's log spans its attempts: earlier ones' lines come first
-            self.lines[:0] = _read(self.log_url).decode().splitlines()
+            self.lines[:0] = storage.read_text(self.log_url).splitlines()
         resumes = earlier.get("resumes", 0) + 1 if resumed else 0
         self.status = {**info, **where(), "state": RUNNING, "started": time.time(), "resumes": resumes}
         self._flush(force=True)
@@ -117,10 +117,3 @@ class Heartbeat:
             self.status.update(self.progress(), updated=time.time())
             storage.write_bytes(self.status_url, json.dumps(self.status, indent=1).encode())
             self._beat_at = time.monotonic()
-
-
-def _read(url: str) -> bytes:
-    try:
-        return storage.read_bytes(url)
-    except FileNotFoundError:
-        return b""

@@ -34,9 +34,11 @@ CLAIM_TRIES = 5
 class _Recorder:
     """engine.Events: checkpoints when due, metrics.jsonl after every epoch, the display."""
 
-    def __init__(self, run_dir: RunDir, state: TrainState, display: Any, checkpointer: Checkpointer, heartbeat: Any):
+    def __init__(
+        self, run_dir: RunDir, state: TrainState, display: Any, checkpointer: Checkpointer, say: Any, log: Any
+    ):
         self.run_dir, self.state, self.display, self.checkpointer = run_dir, state, display, checkpointer
-        self.heartbeat = heartbeat
+        self.say, self.log = say, log  # log: to log.txt only (the display prints the epoch line itself)
 
     def epoch_start(self, epoch: int, batch: int, batches: int) -> None:
         self.display.epoch_start(epoch, batch, batches)
@@ -49,10 +51,10 @@ class _Recorder:
         try:
             self.run_dir.write_metrics(self.state.history)
         except Exception as e:  # the records live in the training state: next epoch writes them all
-            self.display.console.print(f"could not write metrics.jsonl ({e}); training goes on, retrying next epoch")
+            self.say(f"could not write metrics.jsonl ({e}); training goes on, retrying next epoch")
         self.checkpointer.after_step(self.state.step, epoch_end=True)
         self.display.epoch_end(record)
-        self.heartbeat.log(self.display.line(record))
+        self.log(self.display.line(record))
 
 
 def build_trainer(spec: JobSpec) -> Trainer:
@@ -169,7 +171,7 @@ def _train(
     checkpointer = Checkpointer(store, snapshot, ckpt.every_steps, ckpt.every_seconds, state.step, say)
     try:
         with ProgressDisplay(console, spec.epochs, quiet) as display:
-            finished = trainer.fit(_Recorder(run_dir, state, display, checkpointer, heartbeat), preempted)
+            finished = trainer.fit(_Recorder(run_dir, state, display, checkpointer, say, heartbeat.log), preempted)
             test = trainer.evaluate(trainer.test, preempted) if finished else None
         if test is None:
             return _emergency_save(checkpointer, state.step, preempted.signum, say)

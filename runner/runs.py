@@ -32,6 +32,7 @@ def summarize(
     """
     epochs = [r for r in metrics if "train_loss" in r]
     final = metrics[-1] if metrics and "test_acc" in metrics[-1] else None
+    state = heartbeat.state(status, final is not None, now)
     status = status or {}
     val_accs = [r["val_acc"] for r in epochs if r.get("val_acc") is not None]
     steps = [status.get("step"), checkpoints[0].step if checkpoints else None, epochs[-1]["step"] if epochs else None]
@@ -40,7 +41,7 @@ def summarize(
         "name": spec.get("name"),
         "model": spec.get("model"),
         "dataset": spec.get("data", {}).get("dataset"),
-        "state": heartbeat.state(status or None, final is not None, now),
+        "state": state,
         "message": status.get("message") or None,
         "epoch": len(epochs),
         "epochs": spec.get("epochs"),
@@ -61,9 +62,9 @@ def read(run_dir: RunDir) -> dict[str, Any]:
     """Fetch a run directory's files and summarize them."""
     from runner.checkpoint import CheckpointStore
 
-    spec_text = _text(run_dir.path(SPEC))
-    metrics_text = _text(run_dir.path(METRICS))
-    status_text = _text(run_dir.path(STATUS))
+    spec_text = storage.read_text(run_dir.path(SPEC))
+    metrics_text = storage.read_text(run_dir.path(METRICS))
+    status_text = storage.read_text(run_dir.path(STATUS))
     return summarize(
         run_dir.url,
         tomllib.loads(spec_text) if spec_text else {},
@@ -88,13 +89,6 @@ def find(prefix: str) -> list[RunDir]:
 
 def state_of(url: str) -> tuple[str, dict[str, Any]]:
     """A run's state and its status.json (empty if none): what `logs -f` and `cancel` poll."""
-    status_text = _text(storage.join(url, STATUS))
+    status_text = storage.read_text(storage.join(url, STATUS))
     status = json.loads(status_text) if status_text else {}
     return heartbeat.state(status or None, False, time.time()), status
-
-
-def _text(url: str) -> str:
-    try:
-        return storage.read_bytes(url).decode()
-    except FileNotFoundError:
-        return ""

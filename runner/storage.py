@@ -76,6 +76,14 @@ def read_bytes(url: str) -> bytes:
     return fs.cat_file(path)
 
 
+def read_text(url: str) -> str:
+    """A small text file's content, or "" if there is none (yet)."""
+    try:
+        return read_bytes(url).decode()
+    except FileNotFoundError:
+        return ""
+
+
 def md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 

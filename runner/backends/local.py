@@ -55,7 +55,7 @@ class LocalBackend:
         printed = 0
         while True:
             state, _ = runs.state_of(run)  # before reading: the last lines are in once it has ended
-            lines = _lines(log_url)
+            lines = storage.read_text(log_url).splitlines()
             yield from lines[printed:]
             printed = max(printed, len(lines))
             if not follow or state != heartbeat.RUNNING:
@@ -86,13 +86,6 @@ class LocalBackend:
                 return f"{run}: {state}" + (f" ({status['message']})" if status.get("message") else "")
             time.sleep(POLL_S / 4)
         raise RunFailed(f"{run}: sent SIGTERM to process {pid}, which has not ended after {CANCEL_WAIT_S:.0f} s")
-
-
-def _lines(url: str) -> list[str]:
-    try:
-        return storage.read_bytes(url).decode().splitlines()
-    except FileNotFoundError:
-        return []
 
 
 def _is_runner(pid: int) -> bool:
