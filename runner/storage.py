@@ -22,9 +22,19 @@ from fsspec.implementations.local import LocalFileSystem
 
 from runner.errors import RunFailed, UserError
 
+# gcsfs sends anything over 50 MB as a resumable upload in 50 MB chunks, a round trip
+# each. A checkpoint is in memory already, so up to this size it goes in one request
+# (134 MB to fake-gcs-server: 1.9 s -> 1.1 s); a bigger one keeps chunks, so a failed
+# request resends at most one chunk.
+GCS_ONE_REQUEST_BYTES = 256 * 2**20
+
+
+def _is_gcs(url: str) -> bool:
+    return url.startswith(("gs://", "gcs://"))
+
 
 def _fs(url: str) -> tuple[Any, str]:
-    if not url.startswith(("gs://", "gcs://")):
+    if not _is_gcs(url):
         return url_to_fs(url)
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         # gcsfs >= 2026 probes every bucket's type over gRPC, which emulators do not
@@ -58,7 +68,8 @@ def write_bytes(url: str, data: bytes, create_only: bool = False) -> None:
             _write_local(path, data, create_only)
         else:
             # An object store makes an upload visible only once it is complete.
-            fs.pipe_file(path, data, mode="create" if create_only else "overwrite")
+            one_request = {"chunksize": GCS_ONE_REQUEST_BYTES} if _is_gcs(url) else {}
+            fs.pipe_file(path, data, mode="create" if create_only else "overwrite", **one_request)
     except FileExistsError:
         raise AlreadyExists(url) from None
 
