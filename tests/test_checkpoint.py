@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -179,6 +180,21 @@ def test_a_checkpoint_bigger_than_a_chunk_uploads_verified(
     reader.refresh()
     state, newest = reader.newest_valid(print)
     assert newest == written and torch.equal(state["state"]["weights"], weights)
+
+
+def test_the_emulator_keeps_answering_past_a_pipe_full_of_its_log(gcs_emulator: str, bucket: str) -> None:
+    # Infrastructure, not runner: the fixture must drain the server's log, or it stops
+    # answering after ~480 requests, and long tests hang (as the benchmark once did).
+    listing = f"{gcs_emulator}/storage/v1/b/{bucket.removeprefix('gs://')}/o"
+    for _ in range(600):
+        urllib.request.urlopen(listing, timeout=10).read()
+
+
+def test_a_store_that_times_out_is_a_retriable_failure_with_a_reason() -> None:
+    from fsspec.exceptions import FSTimeoutError  # what gcsfs raises once its retries are spent
+
+    error = storage.failure("gs://b/run", FSTimeoutError())
+    assert isinstance(error, RunFailed) and str(error) == "checkpoint.dir: gs://b/run is unreachable: no answer in time"
 
 
 def test_memory_urls_work_too() -> None:
