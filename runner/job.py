@@ -80,15 +80,20 @@ def run(spec: JobSpec, console: Console, quiet: bool = False, fresh: bool = Fals
     # From the start: a SIGTERM while data loads is honoured at the first step, and one
     # during the final saves cannot cut them short.
     with Preemption() as preempted:
-        return _run(spec, console, quiet, fresh, overwrite, preempted)
+        trainer = build_trainer(spec)
+        try:
+            return _run(trainer, spec, console, quiet, fresh, overwrite, preempted)
+        except OSError as e:  # the run directory's store, wherever it failed: a timeout, a full disk
+            raise storage.failure(spec.checkpoint.dir, e) from None
 
 
-def _run(spec: JobSpec, console: Console, quiet: bool, fresh: bool, overwrite: bool, preempted: Preemption) -> int:
+def _run(
+    trainer: Trainer, spec: JobSpec, console: Console, quiet: bool, fresh: bool, overwrite: bool, preempted: Preemption
+) -> int:
     from runner.checkpoint import Fenced
     from runner.heartbeat import DONE, FAILED, Heartbeat
     from runner.heartbeat import PREEMPTED as STOPPED
 
-    trainer = build_trainer(spec)
     run_dir = RunDir(spec.checkpoint.dir)
     storage.check_reachable(run_dir.url)
     state = trainer.state
@@ -123,12 +128,9 @@ def _prepare(trainer: Trainer, spec: JobSpec, run_dir: RunDir, say: Any) -> tupl
     from runner import checkpoint
 
     store = checkpoint.CheckpointStore(run_dir.url, spec.checkpoint.keep)
-    try:
-        if spec.init_from and not store.refresh():  # a resumed run keeps its own weights
-            _warm_start(trainer, spec.init_from, run_dir, say)
-        resumed = _claim_and_resume(store, trainer, spec, say)
-    except OSError as e:
-        raise storage.failure(run_dir.url, e) from None
+    if spec.init_from and not store.refresh():  # a resumed run keeps its own weights
+        _warm_start(trainer, spec.init_from, run_dir, say)
+    resumed = _claim_and_resume(store, trainer, spec, say)
     run_dir.write_spec(to_toml(spec))
     return store, resumed
 

@@ -170,7 +170,9 @@ def failure(url: str, error: OSError) -> UserError | RunFailed:
     refused = isinstance(error, PermissionError | NotADirectoryError | IsADirectoryError)
     if refused or str(error).startswith("Forbidden"):  # gcsfs raises OSError("Forbidden: ...") on 403
         return UserError(f"checkpoint.dir: cannot write to {url}: {error}")
-    return RunFailed(f"checkpoint.dir: {url} is unreachable: {error}")
+    # A timeout (fsspec's FSTimeoutError, after gcsfs's retries) has no message of its own.
+    reason = str(error) or ("no answer in time" if isinstance(error, TimeoutError) else type(error).__name__)
+    return RunFailed(f"checkpoint.dir: {url} is unreachable: {reason}")
 
 
 def _write_local(path: str, data: bytes, create_only: bool) -> None:

@@ -148,6 +148,18 @@ def test_a_checkpoint_dir_that_cannot_be_written(tmp_path: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_store_error_outside_checkpointing_is_one_line_too(tmp_path: Path) -> None:
+    # status.json is read and written by the heartbeat, not by the checkpoint code: a store
+    # error there (here a directory in its place) must not escape as a traceback either.
+    (tmp_path / "run" / "status.json").mkdir(parents=True)
+    (tmp_path / "job.toml").write_text(GOOD.replace("epochs = 1", "epochs = 1\nthreads = 1"))
+    result = runner_cli("run", "job.toml", "--set", "checkpoint.dir=run", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: checkpoint.dir: cannot write to run: "), lines
+    assert "Is a directory" in lines[0]
+
+
 def test_fresh_is_for_local_runs_only(tmp_path: Path) -> None:
     result = runner_cli("submit", str(JOBS / "cnn.toml"), "--backend", "k8s", "--fresh", cwd=tmp_path)
     assert result.returncode == 2 and "--fresh/--overwrite act on local run directories" in result.stderr
