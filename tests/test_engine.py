@@ -129,6 +129,43 @@ def test_the_loss_scaling_path_scales_and_unscales_exactly() -> None:
     assert same_weights(plain, scaled)
 
 
+def test_bf16_autocast_trains_fp32_weights_deterministically() -> None:
+    # The GPU default (bf16 autocast) runs here on the CPU's autocast: same code path.
+    a, b = trainer("precision=bf16", "epochs=2"), trainer("precision=bf16", "epochs=2")
+    for t in (a, b):
+        assert t.fit(Quiet())
+    assert a.amp_dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in a.state.model.parameters())  # master weights stay fp32
+    assert same_weights(a, b)
+    assert a.state.history[-1]["val_acc"] > 0.5  # chance is 0.10
+    fp32 = trainer("epochs=2")
+    fp32.fit(Quiet())
+    assert not same_weights(a, fp32)  # autocast did change the arithmetic
+
+
+HOST_SYNCS = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy")
+
+
+def test_a_training_step_never_waits_for_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a GPU, reading a tensor's value on the host (loss.item(), a comparison in an if)
+    # waits for every queued kernel: a step that did so would leave the GPU idle each step.
+    # Steps mid-epoch must read nothing; the epoch's means are read once at its end.
+    t = trainer("epochs=1")
+    reads: list[str] = []
+    for name in HOST_SYNCS:
+        original = getattr(torch.Tensor, name)
+
+        def counting(self: torch.Tensor, *args: Any, _name: str = name, _original: Any = original) -> Any:
+            reads.append(_name)
+            return _original(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    assert not t.fit(Quiet(), stop_at(10, t))
+    assert t.state.step == 10 and reads == []
+    t.state.running.means()
+    assert reads == ["item", "item"]  # the counting itself works
+
+
 def test_compile_wraps_the_forward_pass_and_leaves_the_state_plain(monkeypatch: pytest.MonkeyPatch) -> None:
     # torch.compile for real, with dynamo's "eager" backend: the graph is captured and run
     # as captured, without inductor's C++ code generation (tens of seconds on a CPU).
