@@ -24,7 +24,7 @@ from runner.errors import RunFailed, UserError
 
 # gcsfs sends anything over 50 MB as a resumable upload in 50 MB chunks, a round trip
 # each. A checkpoint is in memory already, so up to this size it goes in one request
-# (134 MB to fake-gcs-server: 1.9 s -> 1.1 s); a bigger one keeps chunks, so a failed
+# (134 MB to fake-gcs-server: 1.3-1.7 s -> 1.1 s); a bigger one keeps chunks, so a failed
 # request resends at most one chunk.
 GCS_ONE_REQUEST_BYTES = 256 * 2**20
 
