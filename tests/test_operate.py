@@ -102,7 +102,9 @@ def test_follow_cancel_and_resume_a_running_run(tmp_path: Path) -> None:
     stopped = status_json("runs/long", tmp_path)
     assert stopped["state"] == "preempted" and stopped["message"].startswith("stopped by SIGTERM")
 
-    run_to_end("runs/long", tmp_path, epochs=1)  # resume it, and finish it sooner
+    # Resume it, and finish it sooner: at the end of the epoch it was stopped in (the stop can
+    # land in any epoch on a busy machine; one finished already would only be evaluated again).
+    run_to_end("runs/long", tmp_path, epochs=stopped["epoch"] + 1)
     resumed = status_json("runs/long", tmp_path)
     assert resumed["state"] == "done" and resumed["resumes"] == 1
     log = runner_cli("logs", "runs/long", cwd=tmp_path).stdout
