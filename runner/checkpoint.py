@@ -22,6 +22,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -126,17 +127,22 @@ class CheckpointStore:
         """Upload, verify, then commit one checkpoint; prune what retention lets go."""
         if (newest := self._newest_seq()) != self.seq:
             raise self._fenced(newest)
+        file = f"{position['step']:012d}-{uuid.uuid4().hex[:8]}.pt"
+        url = storage.join(self.dir, file)
+        # The MD5 is computed while the upload runs (hashlib lets go of the GIL): 0.2 s per
+        # 134 MB off an emergency save's critical path.
+        with ThreadPoolExecutor(1, thread_name_prefix="md5") as hasher:
+            md5 = hasher.submit(storage.md5, payload)
+            storage.write_bytes(url, payload)
         entry = Entry(
-            file=f"{position['step']:012d}-{uuid.uuid4().hex[:8]}.pt",
+            file=file,
             step=position["step"],
             epoch=position["epoch"],
             batch=position["batch"],
             size=len(payload),
-            md5=storage.md5(payload),
+            md5=md5.result(),
             time=time.time(),
         )
-        url = storage.join(self.dir, entry.file)
-        storage.write_bytes(url, payload)
         # Verify before committing: an upload that silently lost bytes must never be pointed to.
         size, digest = storage.stored_size_and_md5(url)
         if size != entry.size or (digest is not None and digest != entry.md5):

@@ -91,6 +91,30 @@ def test_retention_prunes_payloads_after_the_commit_and_spares_the_pinned_one(bu
     assert sorted(payloads) == sorted(e.file for e in resumed.entries)
 
 
+@pytest.mark.parametrize("loss", ["a byte short", "a byte changed"])
+def test_an_upload_the_store_did_not_keep_whole_is_never_committed(
+    bucket: str, loss: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pytorch #183878: a writer that silently lost data on GCS. Here the store gets damaged
+    # bytes; the size (a byte short) or the store's own MD5 (a byte changed) gives it away.
+    run = f"{bucket}/runs/a"
+    store = fresh_store(run)
+    good = commit(store, 5)
+    write = storage.write_bytes
+
+    def lossy(url: str, data: bytes, create_only: bool = False) -> None:
+        if url.endswith(".pt"):
+            data = data[:-1] if loss == "a byte short" else data[:-1] + bytes([data[-1] ^ 1])
+        write(url, data, create_only)
+
+    monkeypatch.setattr(storage, "write_bytes", lossy)
+    with pytest.raises(OSError, match=r"the store holds \d+ bytes \(MD5 \w+\) of 000000000010-\w+\.pt, written"):
+        commit(store, 10)
+    reader = CheckpointStore(run, keep=3)
+    assert reader.refresh() == [good]  # not committed
+    assert [n for n in storage.list_names(store.dir) if n.endswith(".pt")] == [good.file]  # and deleted
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(bucket: str, damage: str) -> None:
     run = f"{bucket}/runs/a"
