@@ -163,6 +163,8 @@ def checkpoint_costs(args: argparse.Namespace, work: Path, root: Path, n_train: 
     with checkpoints.emulator() as gcs:
         say(f"checkpoint overhead: cnn, {timed.epochs} epoch(s) into gs://, saves every {every:.0f} s vs none")
         overhead = checkpoints.overhead(timed, gcs, work, every, timed.epochs * n_train, pairs=args.repeat)
+        say("cost of one save, measured directly: cnn and resnet18 into gs://")
+        costs = [checkpoints.save_cost(job, gcs, work, saves=5) for job in (cnn, big)]
         stops, resumes = [], []
         for job, run_dir, env in (
             (cnn, f"gs://{gcs.bucket()}/run", gcs.env),
@@ -179,6 +181,7 @@ def checkpoint_costs(args: argparse.Namespace, work: Path, root: Path, n_train: 
             resumes.append(min((res for _, res in tries), key=lambda res: res.to_first_step_s))
     return {
         "overhead": [dataclasses.asdict(o) for o in overhead],
+        "save_costs": [{**dataclasses.asdict(c), "bound_s": c.bound_s} for c in costs],
         "stops": [{**dataclasses.asdict(s), "spec": str(s.spec)} for s in stops],
         "resumes": [dataclasses.asdict(r) for r in resumes],
     }
@@ -273,6 +276,17 @@ def checkpoint_table(result: dict) -> list[str]:
         f"| training time lost per periodic save (so, at one per {every:.0f} s) | "
         f"{per_save:.2f} s ({per_save / every:.1%}) |",
     ]
+    for cost in result["save_costs"]:
+        lines.append(
+            f"| one save of {cost['model']} ({cost['state_mb']:.0f} MB) to gs://, measured directly: training thread "
+            f"paused, CPU of runner's upload, of the store's (median of {cost['saves']}) | "
+            f"{cost['snapshot_s']:.3f} s, {cost['client_cpu_s']:.3f} s, {cost['server_cpu_s']:.3f} s |"
+        )
+        lines.append(
+            f"| so, at one save per {every:.0f} s, {cost['model']} loses at most (with the store on other "
+            f"machines, as GCS is: without its CPU) | **{cost['bound_s'] / every:.1%}** "
+            f"({(cost['bound_s'] - cost['server_cpu_s']) / every:.1%}) |"
+        )
     for stop in result["stops"]:
         lines.append(
             f"| emergency save, {stop['model']} ({stop['state_mb']:.0f} MB) to {stop['where']}: "

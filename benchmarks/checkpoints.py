@@ -6,6 +6,9 @@
   alternate (none, periodic, periodic, none) so that a machine getting busier or
   quieter does not favour either; the cost of one save is the difference in training
   time divided by the number of extra saves.
+- Cost of one save, measured directly (save_cost.py): the snapshot on the training
+  thread, and the CPU the upload takes on the client and on the server; their sum
+  bounds the training time one save can take, without the noise of whole runs.
 - Emergency save: SIGTERM once training is under way, timed from outside: from the
   signal to runner's "stopped by SIGTERM ... saved" line (the checkpoint is committed
   by then; this includes finishing the step in flight) and to the process's exit.
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from proc import Child, runner_command
+from proc import Child, python, run, runner_command
 from specs import Job, reported
 
 HEADER = r"^\S+: \S+ on \S+ \(\d+ train"  # printed just before the first step
@@ -43,6 +46,7 @@ class Emulator:
     """fake-gcs-server on loopback, through its JSON API."""
 
     url: str
+    pid: int  # the server's process, for its CPU time
 
     @property
     def env(self) -> dict[str, str]:
@@ -81,7 +85,7 @@ def emulator() -> Iterator[Emulator]:
         # The wrapper pipes the server's request log and never reads it: after ~64 KiB
         # (about 480 requests) the server blocks on writing its log and answers nothing.
         threading.Thread(target=_discard, args=(server._process.stderr,), daemon=True).start()
-        yield Emulator(server.url)
+        yield Emulator(server.url, server._process.pid)
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,28 @@ def _overhead_run(job: Job, gcs: Emulator, work: Path, every_seconds: float) -> 
     # Commit records are numbered 1, 2, ...: the first claims the directory, each later one is a save.
     records = [n for n in gcs.names(bucket, "run/checkpoints/commits/") if n.endswith(".json")]
     return rate, done.wall_s, len(records) - 1
+
+
+@dataclass(frozen=True)
+class SaveCost:
+    model: str
+    state_mb: float
+    saves: int
+    snapshot_s: float  # serialising, on the training thread (median of `saves`)
+    client_cpu_s: float  # the upload, verify and commit: runner's CPU
+    server_cpu_s: float  # and the store's (on a real run, not the training machine's)
+
+    @property
+    def bound_s(self) -> float:
+        """The most training time one save can take: all of it taken from the training threads."""
+        return self.snapshot_s + self.client_cpu_s + self.server_cpu_s
+
+
+def save_cost(job: Job, gcs: Emulator, work: Path, saves: int) -> SaveCost:
+    spec = job.write_spec(work / f"cost-{job.model}.toml", f"gs://{gcs.bucket()}/run")
+    script = Path(__file__).with_name("save_cost.py")
+    done = run(python(str(script), str(spec), f"--server-pid={gcs.pid}", f"--saves={saves}"), gcs.env)
+    return SaveCost(**json.loads(done.output.strip().splitlines()[-1]))
 
 
 @dataclass(frozen=True)
