@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from runner.errors import UserError
-from runner.models import CNN3Options, CNNOptions, MLPOptions
+from runner.models import CNN3Options, CNNOptions, MLPOptions, torchvision_models
 
 
 def _flat_size(features: nn.Module, in_shape: tuple[int, int, int]) -> int:
@@ -110,6 +110,11 @@ def torchvision_classifier(
     """A torchvision classifier, untrained, with its stem adapted to `in_shape[0]` channels."""
     import torchvision
 
+    if name not in torchvision_models():  # named in runner's list of torchvision 0.29's
+        raise UserError(
+            f"model: torchvision {torchvision.__version__} has no classifier '{name}'; "
+            "upgrade torchvision or choose another model"
+        )
     try:
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     except (TypeError, ValueError) as e:

@@ -65,7 +65,7 @@ def test_output_off_a_terminal_is_plain_lines(tmp_path: Path) -> None:
 def test_validate_and_help_do_not_import_torch() -> None:
     code = (
         "import sys; from runner.cli import app; from runner.spec import load_spec; "
-        f"load_spec({str(JOBS / 'cnn.toml')!r}); "
+        f"load_spec({str(JOBS / 'cnn.toml')!r}); load_spec({str(JOBS / 'cifar10.toml')!r}); "  # resnet18 too
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

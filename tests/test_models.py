@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from runner.models import build_model
+from runner.errors import UserError
+from runner.models import TORCHVISION_CLASSIFIERS, build_model, torchvision_models
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -54,3 +55,13 @@ def test_same_seed_same_initial_weights() -> None:
         return list(build_model("cnn", {}, (1, 28, 28), 10).state_dict().values())
 
     assert all(torch.equal(a, b) for a, b in zip(weights(), weights(), strict=True))
+
+
+def test_runners_list_of_torchvision_classifiers_names_only_real_ones() -> None:
+    # The list lets a spec naming one be validated without importing torch.
+    assert TORCHVISION_CLASSIFIERS <= set(torchvision_models())
+
+
+def test_a_classifier_this_torchvision_lacks_fails_in_one_line() -> None:
+    with pytest.raises(UserError, match=r"^model: torchvision \S+ has no classifier 'resnet2000'; upgrade"):
+        build_model("resnet2000", {}, (1, 28, 28), 10)
