@@ -195,7 +195,7 @@ def startup(repeats: int = 5) -> list[dict]:
     script = Path(sys.executable).with_name("runner")
     command = [str(script)] if script.exists() else runner_command()
     rows = []
-    for args in (["--help"], ["validate", "jobs/mlp.toml"]):
+    for args in (["--help"], ["validate", "jobs/mlp.toml"], ["validate", "jobs/cifar10.toml"]):  # cifar10: resnet18
         times = sorted(run([*command, *args]).wall_s for _ in range(repeats))
         traced = Child(python("-X", "importtime", "-m", "runner", *args)).finish()
         torch = bool(re.search(r"\|\s+torch$", traced.output, re.MULTILINE))
