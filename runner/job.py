@@ -176,7 +176,9 @@ def _train(
             finished = trainer.fit(_Recorder(run_dir, state, display, checkpointer, say, heartbeat.log), preempted)
             test = trainer.evaluate(trainer.test, preempted) if finished else None
         if test is None:
-            return _emergency_save(checkpointer, state.step, preempted.signum, say)
+            code = _emergency_save(checkpointer, state.step, preempted.signum, say)
+            _flush_metrics(run_dir, say)  # after the checkpoint, which comes first in a grace period
+            return code
         checkpointer.save_now(state.step, attempts=4)  # the final save fails loudly, never silently
     finally:
         checkpointer.close()
@@ -267,6 +269,13 @@ def _claim_and_resume(store: CheckpointStore, trainer: Trainer, spec: JobSpec, s
         trainer.restore(found[0]["state"])
         return found[1]
     raise RunFailed(f"could not claim {store.dir}: another writer keeps committing to it")
+
+
+def _flush_metrics(run_dir: RunDir, say: Any) -> None:
+    try:
+        run_dir.flush_metrics()
+    except Exception as e:  # the checkpoint is saved: exit 143 all the same
+        say(f"could not write metrics.jsonl ({e}); the resumed run writes it")
 
 
 def _emergency_save(checkpointer: Checkpointer, step: int, signum: int | None, say: Any) -> int:

@@ -39,6 +39,7 @@ class RunDir:
     def __init__(self, url: str):
         self.url = url
         self._metrics_written = -float("inf")
+        self._metrics_skipped: list[dict[str, Any]] | None = None  # what the rate limit held back
 
     def path(self, name: str) -> str:
         return storage.join(self.url, name)
@@ -55,12 +56,19 @@ class RunDir:
         wait = self._metrics_written + METRICS_MIN_INTERVAL_S - time.monotonic()
         if wait > 0:
             if not final:
+                self._metrics_skipped = records
                 return False
             time.sleep(wait)
         lines = "".join(json.dumps(r) + "\n" for r in records)
         storage.write_bytes(self.path(METRICS), lines.encode())
-        self._metrics_written = time.monotonic()
+        self._metrics_written, self._metrics_skipped = time.monotonic(), None
         return True
+
+    def flush_metrics(self) -> None:
+        """Write what the rate limit held back, if anything (waiting its turn): for a process
+        that ends without a final record, so that `runner status` shows every epoch."""
+        if self._metrics_skipped is not None:
+            self.write_metrics(self._metrics_skipped, final=True)
 
     def looks_like_a_run(self) -> bool:
         names = storage.list_names(self.url)

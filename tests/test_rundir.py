@@ -14,6 +14,16 @@ def test_metrics_are_rewritten_at_most_once_a_second_but_the_final_write_always_
     assert run.read_metrics()[-1] == {"test_acc": 0.9}
 
 
+def test_a_flush_writes_what_the_rate_limit_held_back_and_nothing_else(tmp_path: Path) -> None:
+    run = RunDir(str(tmp_path))
+    run.flush_metrics()  # nothing held back: nothing written
+    assert not (tmp_path / "metrics.jsonl").exists()
+    assert run.write_metrics([{"epoch": 1}])
+    assert not run.write_metrics([{"epoch": 1}, {"epoch": 2}])
+    run.flush_metrics()  # waits its turn
+    assert run.read_metrics() == [{"epoch": 1}, {"epoch": 2}]
+
+
 def test_only_a_run_directory_looks_like_one(tmp_path: Path) -> None:
     assert not RunDir(str(tmp_path)).looks_like_a_run()
     (tmp_path / "spec.toml").write_text("")
