@@ -147,7 +147,7 @@ class SaveCost:
 
     @property
     def bound_s(self) -> float:
-        """The most training time one save can take: all of it taken from the training threads."""
+        """The most training time one save can take, if all its CPU is taken from training."""
         return self.snapshot_s + self.client_cpu_s + self.server_cpu_s
 
 

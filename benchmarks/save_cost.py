@@ -11,9 +11,10 @@ saves the training state `--saves` times through runner's own code, each step ti
 - server CPU: the store's CPU time meanwhile (fake-gcs-server, read from /proc), which
   on a real run is Google's, not the training machine's.
 
-Training can lose no more than the sum per save: the background upload's CPU is taken
-from the training threads at worst, never added to them twice. Prints one JSON line of
-medians. A child of bench.py, run in a fresh process like everything it measures.
+The sum per save bounds what training can lose to it, if a save costs training nothing
+but CPU time (not, say, caches the upload evicts): at worst all of that CPU is taken from
+the training threads. Prints one JSON line of medians. A child of bench.py, run in a
+fresh process like everything it measures.
 """
 
 from __future__ import annotations
@@ -81,8 +82,8 @@ def main() -> None:
         client.append(time.process_time() - client_before)
         server.append(cpu_s(args.server_pid) - server_before)
         size = len(payload)
-    medians = {name: statistics.median(v) for name, v in (("snapshot_s", snapshot), ("client_cpu_s", client),
-                                                            ("server_cpu_s", server))}  # fmt: skip
+    timings = {"snapshot_s": snapshot, "client_cpu_s": client, "server_cpu_s": server}
+    medians = {name: statistics.median(values) for name, values in timings.items()}
     print(json.dumps({"model": spec.model, "state_mb": size / 1e6, "saves": args.saves, **medians}))
 
 

@@ -110,7 +110,7 @@ def torchvision_classifier(
     """A torchvision classifier, untrained, with its stem adapted to `in_shape[0]` channels."""
     import torchvision
 
-    if name not in torchvision_models():  # named in runner's list of torchvision 0.29's
+    if name not in torchvision_models():  # in models.TORCHVISION_CLASSIFIERS, not in an older torchvision
         raise UserError(
             f"model: torchvision {torchvision.__version__} has no classifier '{name}'; "
             "upgrade torchvision or choose another model"
