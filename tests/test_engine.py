@@ -96,12 +96,15 @@ def test_stopped_and_restored_anywhere_ends_identical(setup: tuple[str, ...]) ->
     assert straight.fit(Quiet())
     batches = straight.batches  # 21
 
-    # Two stops inside the first epoch, one inside the second: each restored from a
-    # serialised state into a freshly built trainer (a new process, in effect).
+    # Two stops inside the first epoch, one during its evaluation (spd #741: preemptions
+    # there saved nothing), one inside the second: each restored from a serialised state
+    # into a freshly built trainer (a new process, in effect).
     t = trainer(*overrides)
-    for stop in (5, 12, batches + 3):
+    for stop in (5, 12, batches, batches + 3):
         assert not t.fit(Quiet(), stop_at(stop, t))
         assert t.state.step == stop
+        if stop == batches:  # stopped in the evaluation, not after it at the next epoch's start
+            assert (t.state.epoch, t.state.batch, t.state.history) == (0, batches, [])
         t = reload(t, *overrides)
     assert t.fit(Quiet())
 
