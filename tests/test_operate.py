@@ -49,7 +49,10 @@ def status_json(run: str, cwd: Path) -> dict:
 
 
 def has_checkpoint(run_dir: Path) -> bool:
-    return (run_dir / "checkpoints" / "commits").exists() and len(list((run_dir / "checkpoints").glob("*.pt"))) > 0
+    """A checkpoint is committed: the newest commit record lists one. (A payload file alone is
+    not enough: it is uploaded before its record, and a kill between the two leaves none.)"""
+    records = sorted(p for p in (run_dir / "checkpoints" / "commits").glob("*.json") if not p.name.startswith("."))
+    return bool(records) and bool(json.loads(records[-1].read_text())["checkpoints"])
 
 
 @pytest.fixture(scope="module")

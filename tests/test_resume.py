@@ -99,12 +99,15 @@ def newest_checkpoint_step(run_dir: str) -> int:
     return entries[0].step if entries else 0
 
 
-def wait_for_a_checkpoint_after(step: int, run_dir: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    """Until the run commits a checkpoint past `step` (or ends)."""
+def wait_for_a_checkpoint_after(step: int, run_dir: str, proc: subprocess.Popen, timeout: float = 120) -> int:
+    """Until the run commits a checkpoint past `step` (or ends); the newest committed step."""
     deadline = time.monotonic() + timeout
-    while proc.poll() is None and newest_checkpoint_step(run_dir) <= step:
+    while True:
+        ended = proc.poll() is not None
+        if (newest := newest_checkpoint_step(run_dir)) > step or ended:
+            return newest
         assert time.monotonic() < deadline, "no new checkpoint"
-        time.sleep(0.05)
+        time.sleep(0.01)
 
 
 def test_sigkill_at_random_moments_then_resubmit_ends_bitwise_equal(
@@ -119,9 +122,12 @@ def test_sigkill_at_random_moments_then_resubmit_ends_bitwise_equal(
         if kills < 4:
             # A random moment (during a step or an upload) once this attempt has committed
             # progress, a few steps in, so that four kills fit in the 82 steps whatever the
-            # machine's speed: a wall-clock delay alone let a fast resume finish first.
+            # machine's speed: the delay is a random part of the time this attempt took from
+            # its first step to that commit (about 3 steps and an upload), so it scales with
+            # the machine; a fixed wall-clock delay let a fast machine finish first.
+            started = time.monotonic()
             wait_for_a_checkpoint_after(newest_checkpoint_step(run_dir), run_dir, proc)
-            time.sleep(rng.uniform(0.0, 0.3))
+            time.sleep(rng.uniform(0.0, 1.0) * (time.monotonic() - started))
             proc.kill()  # a no-op if it has already finished
         code, out = finish(proc, lines)
         log.append(f"--- exit {code}\n{out}")
@@ -143,17 +149,20 @@ def test_sigterm_twice_inside_one_epoch_saves_exits_143_and_resumes_exactly(
     reference: dict, bucket: str, tmp_path: Path
 ) -> None:
     run_dir = f"{bucket}/runs/preempted"
-    stopped_at = []
+    stopped_at, seen = [], []
     for _ in range(2):
         proc = start("run", run_dir, tmp_path)
         lines = wait_until_training(proc)
-        time.sleep(0.5)  # ~10 steps: two stops fit in the 41-step epoch with room for a faster machine
+        # Once this attempt has committed a checkpoint of its own (every 3 steps): a few steps
+        # in, on a machine of any speed, so both stops land inside the 41-step first epoch.
+        seen.append(wait_for_a_checkpoint_after(stopped_at[-1] if stopped_at else 0, run_dir, proc))
         proc.send_signal(signal.SIGTERM)  # what the kubelet sends on preemption
         code, out = finish(proc, lines)
         assert code == 143, out
         step = int(re.search(r"stopped by SIGTERM at step (\d+): checkpoint \([\d.]+ MB\) saved in [\d.]+ s", out)[1])
         stopped_at.append(step)
-    assert stopped_at[0] <= stopped_at[1] < STEPS_PER_EPOCH  # both stops inside the first epoch
+    # Each stop came after that attempt's own commit, and both inside the first epoch.
+    assert 3 <= seen[0] <= stopped_at[0] < seen[1] <= stopped_at[1] < STEPS_PER_EPOCH, (seen, stopped_at)
     code, out = finish(proc := start("run", run_dir, tmp_path), [])
     assert code == 0 and f"resumed from step {stopped_at[1]} (epoch 1, batch {stopped_at[1]})" in out, out
     assert same_tensors(final_weights(run_dir), reference)
@@ -163,12 +172,14 @@ def test_submit_forwards_sigint_and_the_job_saves_and_exits_143(reference: dict,
     run_dir = f"{bucket}/runs/interrupted"
     proc = start("submit", run_dir, tmp_path)
     lines = wait_until_training(proc)
-    time.sleep(0.5)
+    committed = wait_for_a_checkpoint_after(0, run_dir, proc)  # training is under way, whatever the speed
     proc.send_signal(signal.SIGINT)  # Ctrl-C, sent to `runner submit` alone
     code, out = finish(proc, lines)
     assert code == 143 and "stopped by SIGINT" in out, out
+    stopped = int(re.search(r"stopped by SIGINT at step (\d+)", out)[1])
+    assert 3 <= committed <= stopped < 2 * STEPS_PER_EPOCH, (committed, out)
     code, out = finish(start("submit", run_dir, tmp_path), [])
-    assert code == 0 and "resumed from step" in out, out
+    assert code == 0 and f"resumed from step {stopped} " in out, out
     assert same_tensors(final_weights(run_dir), reference)
 
 
@@ -179,13 +190,19 @@ def test_a_store_that_goes_down_for_a_while_is_survived(reference: dict, gcs_emu
     try:
         proc = start("run", run_dir, tmp_path, env={"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{proxy.port}"})
         lines = wait_until_training(proc)
-        time.sleep(1.0)
+        # Training is under way (a checkpoint committed; read from the emulator, not via the proxy), not over.
+        assert 3 <= wait_for_a_checkpoint_after(0, run_dir, proc) < 2 * STEPS_PER_EPOCH and proc.poll() is None
         proxy.down()
-        time.sleep(4.0)
+        # Down until the run has been turned away several times (its uploads, metrics and
+        # heartbeat retrying): an outage it felt, however fast the machine trains.
+        deadline = time.monotonic() + 120
+        while proxy.refused < 5 and proc.poll() is None:
+            assert time.monotonic() < deadline, f"refused {proxy.refused} connections in 120 s"
+            time.sleep(0.05)
         proxy.up()
         code, out = finish(proc, lines)
     finally:
         proxy.close()
     assert code == 0, out
-    assert proxy.refused > 0  # the outage was felt
+    assert proxy.refused >= 5  # the outage was felt
     assert same_tensors(final_weights(run_dir), reference)
