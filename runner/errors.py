@@ -1,8 +1,24 @@
-"""The one error type the CLI maps to exit code 2 (bad input)."""
+"""Exit codes and the two error types the CLI maps to them.
+
+The exit codes are a contract: users' scripts and Kubernetes' podFailurePolicy
+(backends/manifests.py) key on them.
+"""
+
+from enum import IntEnum
+
+
+class Exit(IntEnum):
+    OK = 0  # done
+    FAILED = 1  # a failure: a crash, a store that stayed down, a newer attempt took over
+    BAD_INPUT = 2  # the spec, an override, a CLI argument, a file: retrying cannot help
+    # 128 + SIGTERM, as a shell reports a process a SIGTERM ended: "stopped, checkpoint
+    # saved; resubmit to resume". Kubernetes retries it without counting a failure.
+    PREEMPTED = 143
+    ABORTED = 130  # 128 + SIGINT: a second Ctrl-C, which does not wait for a checkpoint
 
 
 class UserError(Exception):
-    """Input the user can fix: a spec, an override, a CLI argument, a missing file.
+    """Input the user can fix (exit 2): a spec, an override, a CLI argument, a missing file.
 
     The message is shown as one line, without a traceback, so it must say what is
     wrong and how to fix it.
@@ -10,4 +26,4 @@ class UserError(Exception):
 
 
 class RunFailed(Exception):
-    """A failure we can explain in one line (exit code 1): no traceback, the reason."""
+    """A failure we can explain in one line (exit 1): no traceback, the reason."""

@@ -18,9 +18,9 @@ from typing import Any, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
-from runner.data import DATASETS
+from runner.data.datasets import DATASETS
 from runner.errors import UserError
-from runner.models import MODELS, known_model, options_type, torchvision_models
+from runner.models.registry import MODELS, known_model, options_type, torchvision_models
 
 # A DNS label, because the name becomes the name of Kubernetes objects.
 NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from runner import manifests
-from runner.backends import Submission
+from runner.backends import manifests
+from runner.backends.api import Submission
 from runner.errors import RunFailed, UserError
 
 
@@ -43,7 +43,7 @@ class K8sBackend:
 
     def submit(self, job: Submission) -> int:
         """Create the spec's ConfigMap and its Job (or CronJob), named after the spec."""
-        from runner import image as images
+        from runner.backends import image as images
         from runner.spec import to_toml
 
         image = job.image or images.reference(job.spec.image)

@@ -16,28 +16,30 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
-from runner import heartbeat, runs, storage
-from runner.backends import Submission
+from runner.backends.api import Submission
 from runner.errors import RunFailed, UserError
-from runner.rundir import LOG, open_run
+from runner.rundir import heartbeat, summary
+from runner.rundir.layout import open_run
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 POLL_S = 1.0
 CANCEL_WAIT_S = 120.0  # an emergency save of a large state to a slow bucket takes a while
 
 
-def run_command(spec_path: str, overrides: Sequence[str], flags: Sequence[str] = ()) -> list[str]:
-    """The `runner run` command line for a spec (pure)."""
-    return [sys.executable, "-m", "runner", "run", spec_path, *(f"--set={o}" for o in overrides), *flags]
+def run_command(job: Submission) -> list[str]:
+    """The `runner run` command line for a submission (pure)."""
+    asked = {"--quiet": job.quiet, "--fresh": job.fresh, "--overwrite": job.overwrite}
+    flags = [flag for flag, on in asked.items() if on]
+    return [sys.executable, "-m", "runner", "run", job.spec_path, *(f"--set={o}" for o in job.overrides), *flags]
 
 
 class LocalBackend:
     def submit(self, job: Submission) -> int:
         """Run the job to completion in a child process; returns its exit code."""
-        child = subprocess.Popen(run_command(job.spec_path, job.overrides, job.flags), start_new_session=True)
+        child = subprocess.Popen(run_command(job), start_new_session=True)
         previous = {sig: signal.signal(sig, lambda s, _: child.send_signal(s)) for sig in FORWARDED}
         try:
             code = child.wait()
@@ -47,15 +49,15 @@ class LocalBackend:
         return 128 - code if code < 0 else code  # killed by signal N: the shell's 128+N
 
     def status(self, run: str) -> dict[str, Any]:
-        return runs.read(open_run(run))
+        return summary.read(open_run(run))
 
     def logs(self, run: str, follow: bool = False) -> Iterator[str]:
         """log.txt's lines; with `follow`, new ones as they come, until the run ends."""
-        log_url = open_run(run).path(LOG)
+        run_dir = open_run(run)
         printed = 0
         while True:
-            state, _ = runs.state_of(run)  # before reading: the last lines are in once it has ended
-            lines = storage.read_text(log_url).splitlines()
+            state, _ = summary.state_of(run_dir)  # before reading: the last lines are in once it has ended
+            lines = run_dir.read_log()
             yield from lines[printed:]
             printed = max(printed, len(lines))
             if not follow or state != heartbeat.RUNNING:
@@ -64,8 +66,8 @@ class LocalBackend:
 
     def cancel(self, run: str) -> str:
         """SIGTERM the run's process (it saves a checkpoint and exits), and wait for it to end."""
-        open_run(run)
-        state, status = runs.state_of(run)
+        run_dir = open_run(run)
+        state, status = summary.state_of(run_dir)
         if state != heartbeat.RUNNING:
             raise UserError(f"{run}: not running (state: {state}); nothing to cancel")
         if status.get("backend") != "local":
@@ -81,7 +83,7 @@ class LocalBackend:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + CANCEL_WAIT_S
         while time.monotonic() < deadline:
-            state, status = runs.state_of(run)
+            state, status = summary.state_of(run_dir)
             if state != heartbeat.RUNNING:
                 return f"{run}: {state}" + (f" ({status['message']})" if status.get("message") else "")
             time.sleep(POLL_S / 4)

@@ -1,18 +1,13 @@
-"""Checkpoints in a run directory, and the protocol that commits them.
+"""Writing checkpoints: the protocol that commits them, fences stale writers, and prunes.
 
-    <run>/checkpoints/<step>-<token>.pt      payloads: unique names, written once, never changed
-    <run>/checkpoints/commits/<seq>.json     commit records, written create-only; newest = highest seq
+A record is written only after its payload was uploaded and the store confirmed its
+size and MD5 (object stores have no rename; this is the GCS-safe way to appear all at
+once). The layout and the reading side are checkpoints.CheckpointIndex's.
 
-A checkpoint exists once a commit record lists it, and a record is written only
-after its payload was uploaded and the store confirmed its size and MD5 (object
-stores have no rename; this is the GCS-safe way to appear all at once). Each record
-lists every checkpoint kept, newest first, with size and MD5, so resume can verify
-a payload and fall back to the one before if it is corrupt.
-
-One writer at a time: a run claims the directory by committing the next record,
-and every commit is create-only on `seq + 1`. A stale writer (a zombie pod from an
-earlier attempt) finds its next seq taken, or a newer record than its own, and is
-fenced: it stops instead of clobbering the new attempt's checkpoints.
+One writer at a time: a run claims the directory by committing the next record, and
+every commit is create-only on `seq + 1`. A stale writer (a zombie pod from an earlier
+attempt) finds its next seq taken, or a newer record than its own, and is fenced: it
+stops instead of clobbering the new attempt's checkpoints.
 """
 
 from __future__ import annotations
@@ -21,13 +16,13 @@ import io
 import json
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 from runner import storage
 from runner.errors import RunFailed
+from runner.rundir.checkpoints import CheckpointIndex, Entry
 
 KEEP_RECORDS = 20  # commit records kept (tiny); enough to see any stale writer's seq is gone
 
@@ -36,83 +31,20 @@ class Fenced(RunFailed):
     """Another writer has claimed this run directory since we did."""
 
 
-class Corrupt(Exception):
-    """A payload that does not match its commit record, or does not load safely."""
-
-
-@dataclass(frozen=True)
-class Entry:
-    file: str
-    step: int
-    epoch: int
-    batch: int
-    size: int
-    md5: str
-    time: float
-
-
 def retain(entries: list[Entry], keep: int, pinned: str | None) -> list[Entry]:
     """What retention keeps of `entries` (newest first): the `keep` newest, and always
     `pinned`, the checkpoint this run resumed from, so a bad newer one can fall back to it."""
     return [e for i, e in enumerate(entries) if i < keep or e.file == pinned]
 
 
-class CheckpointStore:
-    def __init__(self, run_url: str, keep: int):
-        self.dir = storage.join(run_url, "checkpoints")
-        self.records = storage.join(self.dir, "commits")
+class CheckpointWriter(CheckpointIndex):
+    """The run directory's one writer of checkpoints: claims it, commits, prunes."""
+
+    def __init__(self, checkpoints_url: str, keep: int):
+        super().__init__(checkpoints_url)
         self.keep = keep
         self.writer = uuid.uuid4().hex[:12]
-        self.seq = 0  # the last record this writer saw as newest or wrote
-        self.entries: list[Entry] = []  # committed checkpoints, newest first
         self.pinned: str | None = None
-
-    # -- reading -------------------------------------------------------------
-
-    def _newest_seq(self) -> int:
-        seqs = [int(n.removesuffix(".json")) for n in storage.list_names(self.records) if n.endswith(".json")]
-        return max(seqs, default=0)
-
-    def refresh(self) -> list[Entry]:
-        """Read the newest commit record: the committed checkpoints, newest first."""
-        self.seq = self._newest_seq()
-        if self.seq:
-            record = json.loads(storage.read_bytes(self._record_url(self.seq)))
-            self.entries = [Entry(**e) for e in record["checkpoints"]]
-        else:
-            self.entries = []
-        return self.entries
-
-    def load(self, entry: Entry) -> dict[str, Any]:
-        """A checkpoint's payload, verified against its record, loaded without running code."""
-        try:
-            data = storage.read_bytes(storage.join(self.dir, entry.file))
-        except FileNotFoundError:
-            raise Corrupt("its payload is missing") from None
-        if len(data) != entry.size or storage.md5(data) != entry.md5:
-            raise Corrupt(
-                f"{len(data)} bytes with MD5 {storage.md5(data)}, committed as {entry.size} bytes, {entry.md5}"
-            )
-        import torch
-
-        try:
-            # weights_only: tensors and plain containers only; a pickle that would run code is refused.
-            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception as e:
-            lines = str(e).strip().splitlines() or [type(e).__name__]
-            reason = next((line.strip() for line in lines if "WeightsUnpickler error" in line), lines[0])
-            raise Corrupt(f"it does not load safely ({reason})") from None
-
-    def newest_valid(self, warn: Callable[[str], None]) -> tuple[dict[str, Any], Entry] | None:
-        """The newest committed checkpoint that verifies and loads, saying why others were skipped."""
-        for entry in self.entries:
-            try:
-                return self.load(entry), entry
-            except Corrupt as e:
-                warn(f"checkpoint at step {entry.step} ({entry.file}) is unusable: {e}; falling back")
-        return None
-
-    # -- writing -------------------------------------------------------------
 
     def claim(self, pinned: str | None) -> None:
         """Become this run directory's only writer, on top of the record last read.
@@ -194,9 +126,6 @@ class CheckpointStore:
             if name.endswith(".json") and int(name.removesuffix(".json")) <= self.seq - KEEP_RECORDS:
                 storage.delete(storage.join(self.records, name))
 
-    def _record_url(self, seq: int) -> str:
-        return storage.join(self.records, f"{seq:010d}.json")
-
     def _fenced(self, seq: int) -> Fenced:
         return Fenced(
             f"another run (a newer attempt) has taken over {self.dir}: commit {seq} is not ours; "
@@ -204,8 +133,10 @@ class CheckpointStore:
         )
 
 
-def encode(state: dict[str, Any], spec_toml: str) -> bytes:
-    """A checkpoint payload: the training state, the resolved spec, and what wrote it."""
+def encode(state: dict[str, Any], spec_toml: str, preprocessing: dict[str, Any]) -> bytes:
+    """A checkpoint payload: the training state, the resolved spec, what the model is fed
+    (data.preprocessing.Preprocessing.to_dict(): input shape, classes, mean, std) and what
+    wrote it. Plain containers and tensors only: it loads with torch.load(weights_only=True)."""
     import hashlib
     import platform
 
@@ -220,6 +151,7 @@ def encode(state: dict[str, Any], spec_toml: str) -> bytes:
             "state": state,
             "spec": spec_toml,
             "spec_sha256": hashlib.sha256(spec_toml.encode()).hexdigest(),
+            "preprocessing": preprocessing,  # since runner 0.1's regrouping; older payloads lack it
             "versions": {"runner": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
         },
         buffer,

@@ -13,37 +13,25 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runner.data import Dataset, Split
+from runner.data.datasets import Dataset, Split
+from runner.data.preprocessing import normalisation, normalise
 from runner.device import Placement, check_compile
 from runner.spec import TrainSpec
+from runner.training.events import Listener
 
 EVAL_BATCH = 1024
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def normalisation(mean: Any, std: Any, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) for `normalise`, per channel, shaped to broadcast over (N, C, H, W)."""
-    std_ = torch.tensor(std, device=device).view(1, -1, 1, 1)
-    return 1.0 / (255.0 * std_), torch.tensor(mean, device=device).view(1, -1, 1, 1) / std_
-
-
-def normalise(pixels: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """(x/255 - mean) / std, given scale = 1/(255 std) and shift = mean/std: what every model
-    is fed, in training and after it (inference.Classifier), to the last bit.
-
-    In place on a fresh float copy: on a CPU twice as fast as one addcmul.
-    """
-    return pixels.to(torch.float32, copy=True).mul_(scale).sub_(shift)
-
-
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The order of the samples in `epoch`: the same for a (seed, epoch) on any machine."""
+    """The order of the `n` samples in `epoch`: a permutation (int64, (n,)), the same for a
+    (seed, epoch) on any machine, whatever the process did before."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=generator)
 
@@ -124,14 +112,6 @@ class TrainState:
         self.history = [dict(r) for r in state["history"]]
 
 
-class Events(Protocol):
-    """What the loop reports; the progress display and the run directory listen."""
-
-    def epoch_start(self, epoch: int, batch: int, batches: int) -> None: ...
-    def step(self, batch: int, running: Running) -> None: ...
-    def epoch_end(self, record: dict[str, Any]) -> None: ...
-
-
 class Trainer:
     def __init__(self, cfg: TrainSpec, model: nn.Module, data: Dataset, placement: Placement):
         self.cfg, self.placement, self.info = cfg, placement, data.info
@@ -169,12 +149,12 @@ class Trainer:
             return nullcontext()  # constructing a disabled autocast costs more than a small step's kernels
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def fit(self, events: Events, stop: Callable[[], bool] = lambda: False) -> bool:
+    def fit(self, events: Listener, stop: Callable[[], bool] = lambda: False) -> bool:
         """Train to `cfg.epochs`. Returns False if `stop()` said so between two steps."""
         with self.state.rng_in_use():
             return self._fit(events, stop)
 
-    def _fit(self, events: Events, stop: Callable[[], bool]) -> bool:
+    def _fit(self, events: Listener, stop: Callable[[], bool]) -> bool:
         s, bs, n = self.state, self.cfg.batch_size, len(self.train)
         while s.epoch < self.cfg.epochs:
             order = epoch_order(n, self.cfg.seed, s.epoch).to(self.device)

@@ -2,7 +2,7 @@
 
 safetensors holds the network's weights with runner's metadata (model, options, input
 shape, classes, mean, std): what `final/model.safetensors` holds, for any weights of
-the run. TorchScript and ONNX hold the whole `inference.Classifier`, normalisation
+the run. TorchScript and ONNX hold the whole `use.trained.Classifier`, normalisation
 included: float32 pixels (N, C, H, W) on the 0..255 scale in, any batch size, logits
 out; the same metadata rides along (TorchScript: extra file `runner.json`; ONNX:
 metadata_props).
@@ -14,20 +14,23 @@ import importlib.util
 import io
 import json
 import warnings
+from typing import TYPE_CHECKING
 
-import torch
-
-from runner import storage
 from runner.errors import UserError
-from runner.inference import Trained
 
-FORMATS = ("safetensors", "torchscript", "onnx")
+if TYPE_CHECKING:
+    import torch
+
+    from runner.use.trained import Trained
+
 ONNX_MODULES = ("onnx", "onnxscript")  # torch.onnx.export (the dynamo exporter) needs both
 
 
 def export(trained: Trained, fmt: str, url: str) -> int:
     """Write `trained` to `url` (a path or URL) as `fmt`; returns the bytes written."""
-    data = {"safetensors": to_safetensors, "torchscript": to_torchscript, "onnx": to_onnx}[fmt](trained)
+    from runner import storage
+
+    data = WRITERS[fmt](trained)
     storage.write_output(url, data)
     return len(data)
 
@@ -40,6 +43,8 @@ def to_safetensors(trained: Trained) -> bytes:
 
 
 def to_torchscript(trained: Trained) -> bytes:
+    import torch
+
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # torch >= 2.10 deprecates TorchScript for authors in favour of torch.export, but it is
@@ -53,6 +58,7 @@ def to_torchscript(trained: Trained) -> bytes:
 def to_onnx(trained: Trained) -> bytes:
     require(ONNX_MODULES)
     import onnx
+    import torch
 
     batch = torch.export.Dim("batch")
     program = torch.onnx.export(
@@ -70,6 +76,10 @@ def to_onnx(trained: Trained) -> bytes:
     return proto.SerializeToString()
 
 
+WRITERS = {"safetensors": to_safetensors, "torchscript": to_torchscript, "onnx": to_onnx}
+FORMATS = tuple(WRITERS)  # what `runner export --format` offers; importing this module loads no torch
+
+
 def require(modules: tuple[str, ...]) -> None:
     """A one-line UserError naming the extra to install if any of `modules` is missing."""
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
@@ -80,5 +90,7 @@ def require(modules: tuple[str, ...]) -> None:
 
 
 def _example(trained: Trained) -> torch.Tensor:
+    import torch
+
     # Two mid-grey images: tracing needs an input; a batch of 2 keeps the batch dimension general.
     return torch.full((2, *trained.input_shape), 127.0)

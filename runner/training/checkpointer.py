@@ -14,13 +14,16 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from runner.checkpoint import CheckpointStore, Entry, Fenced
 from runner.errors import RunFailed
+from runner.rundir.checkpoints import Entry
+from runner.rundir.writer import CheckpointWriter, Fenced
 
 Snapshot = Callable[[], tuple[bytes, dict[str, int]]]  # -> (payload, position)
 
 
 def due(step: int, now: float, last_step: int, last_time: float, every_steps: int, every_seconds: float) -> bool:
+    """Whether a periodic save is due at `step`, `now` (monotonic seconds), given the last one (pure).
+    A zero `every_*` turns that trigger off."""
     return bool(every_steps and step - last_step >= every_steps) or bool(
         every_seconds and now - last_time >= every_seconds
     )
@@ -29,7 +32,7 @@ def due(step: int, now: float, last_step: int, last_time: float, every_steps: in
 class Checkpointer:
     def __init__(
         self,
-        store: CheckpointStore,
+        store: CheckpointWriter,
         snapshot: Snapshot,
         every_steps: int,
         every_seconds: float,

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runner.errors import UserError
-from runner.spec import ImageSpec
+
+if TYPE_CHECKING:
+    from runner.spec import ImageSpec
 
 # What docker/Dockerfile copies into the image; keep the two in step.
 CONTEXT = ("pyproject.toml", "README.md", "docker/Dockerfile", "runner")
@@ -20,7 +23,7 @@ CONTEXT = ("pyproject.toml", "README.md", "docker/Dockerfile", "runner")
 
 def source_root() -> Path | None:
     """The checkout runner runs from, if it runs from one (not from an installed wheel)."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # runner/backends/image.py -> the checkout
     return root if (root / "docker" / "Dockerfile").is_file() else None
 
 
@@ -50,7 +53,7 @@ def reference(image: ImageSpec) -> str:
     return f"{image.repository}:{content_tag(context_files(root), image)}"
 
 
-BUILDERS = ("docker", "podman", "buildah")
+BUILDERS = ("docker", "podman", "buildah")  # `runner build --builder`; the first is the default
 
 
 def build_commands(ref: str, image: ImageSpec, builder: str, push: bool) -> list[list[str]]:

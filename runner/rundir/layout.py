@@ -1,4 +1,4 @@
-"""The run directory's layout: what a run leaves behind, and where.
+"""The run directory: every path in it, and every read and write of its files.
 
 <checkpoint.dir>/
   spec.toml                 the resolved spec (defaults filled in, overrides applied)
@@ -6,21 +6,26 @@
   final/model.safetensors   the trained weights, with what is needed to use them as metadata
   status.json               the run's state and a heartbeat, rewritten while it runs (heartbeat.py)
   log.txt                   what the run printed, one timestamped line per message or epoch
-  checkpoints/              payloads and commit records (checkpoint.py)
+  checkpoints/              payloads and commit records: read through checkpoints.CheckpointIndex,
+                            written by writer.CheckpointWriter, the only writer
+
+No other module builds a path inside a run directory. Reads of files a run may not
+have written yet (status, log, spec, metrics) give None or empty rather than raise.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import tomllib
 from typing import TYPE_CHECKING, Any
 
 from runner import __version__, storage
 from runner.errors import UserError
 
 if TYPE_CHECKING:
-    from runner.data import DatasetInfo
-    from runner.spec import JobSpec
+    from runner.data.preprocessing import Preprocessing
+    from runner.rundir.checkpoints import CheckpointIndex
 
 SPEC = "spec.toml"
 METRICS = "metrics.jsonl"
@@ -37,15 +42,34 @@ METRICS_MIN_INTERVAL_S = 1.0
 
 class RunDir:
     def __init__(self, url: str):
-        self.url = url
+        self.url = url  # a path or URL, kept a string (pathlib would turn gs://b into gs:/b)
         self._metrics_written = -float("inf")
         self._metrics_skipped: list[dict[str, Any]] | None = None  # what the rate limit held back
 
     def path(self, name: str) -> str:
         return storage.join(self.url, name)
 
+    @property
+    def checkpoints_url(self) -> str:
+        return self.path(CHECKPOINTS)
+
+    def checkpoint_index(self) -> CheckpointIndex:
+        """The committed checkpoints, read-only (what `ls`, `status`, `eval` and resume read)."""
+        from runner.rundir.checkpoints import CheckpointIndex
+
+        return CheckpointIndex(self.checkpoints_url)
+
+    # -- spec.toml -------------------------------------------------------------
+
     def write_spec(self, toml_text: str) -> None:
         storage.write_bytes(self.path(SPEC), toml_text.encode())
+
+    def read_spec(self) -> dict[str, Any] | None:
+        """The resolved spec as a raw table, or None if the run has not written it yet."""
+        text = storage.read_text(self.path(SPEC))
+        return tomllib.loads(text) if text else None
+
+    # -- metrics.jsonl ---------------------------------------------------------
 
     def write_metrics(self, records: list[dict[str, Any]], final: bool = False) -> bool:
         """Rewrite metrics.jsonl whole (object stores have no append; the records are small).
@@ -70,20 +94,30 @@ class RunDir:
         if self._metrics_skipped is not None:
             self.write_metrics(self._metrics_skipped, final=True)
 
-    def looks_like_a_run(self) -> bool:
-        names = storage.list_names(self.url)
-        return SPEC in names or CHECKPOINTS in names
-
-    def delete_run(self) -> None:
-        """Delete what a run writes here, and nothing else."""
-        for name in OWNED:
-            storage.delete_tree(self.path(name))
-
     def read_metrics(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in storage.read_bytes(self.path(METRICS)).decode().splitlines()]
+        """metrics.jsonl's records, oldest first; [] before the first epoch ends."""
+        text = storage.read_text(self.path(METRICS))
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    # -- status.json and log.txt (written by heartbeat.Heartbeat) -------------
+
+    def read_status(self) -> dict[str, Any] | None:
+        text = storage.read_text(self.path(STATUS))
+        return json.loads(text) if text else None
+
+    def write_status(self, status: dict[str, Any]) -> None:
+        storage.write_bytes(self.path(STATUS), json.dumps(status, indent=1).encode())
+
+    def read_log(self) -> list[str]:
+        return storage.read_text(self.path(LOG)).splitlines()
+
+    def write_log(self, lines: list[str]) -> None:
+        storage.write_bytes(self.path(LOG), "".join(f"{line}\n" for line in lines).encode())
+
+    # -- final weights ---------------------------------------------------------
 
     def read_final(self) -> tuple[dict[str, Any], dict[str, str]]:
-        """The final weights and their metadata (see `weights_metadata`)."""
+        """The final weights and their metadata (see `weights_metadata`); FileNotFoundError if none."""
         from safetensors.torch import load
 
         data = storage.read_bytes(self.path(FINAL_WEIGHTS))
@@ -98,19 +132,31 @@ class RunDir:
         tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
         storage.write_bytes(self.path(FINAL_WEIGHTS), save(tensors, metadata=metadata))
 
+    def has_final(self) -> bool:
+        return storage.exists(self.path(FINAL_WEIGHTS))
 
-def weights_metadata(spec: JobSpec, info: DatasetInfo) -> dict[str, str]:
-    """What a program needs to use the weights without the spec (safetensors metadata is str->str)."""
+    # -- the directory as a whole ----------------------------------------------
+
+    def looks_like_a_run(self) -> bool:
+        names = storage.list_names(self.url)
+        return SPEC in names or CHECKPOINTS in names
+
+    def delete_run(self) -> None:
+        """Delete what a run writes here, and nothing else."""
+        for name in OWNED:
+            storage.delete_tree(self.path(name))
+
+
+def weights_metadata(model: str, model_options: dict[str, Any], dataset: str, pre: Preprocessing) -> dict[str, str]:
+    """What a program needs to use the weights without the spec (safetensors metadata is str->str):
+    the model and its options, the data set's name, and its preprocessing."""
     return {
         "format": "runner/1",
         "runner_version": __version__,
-        "model": spec.model,
-        "model_options": json.dumps(spec.model_options),
-        "dataset": spec.data.dataset,
-        "input_shape": json.dumps(info.shape),
-        "classes": json.dumps(info.classes),
-        "mean": json.dumps(info.mean),
-        "std": json.dumps(info.std),
+        "model": model,
+        "model_options": json.dumps(model_options),
+        "dataset": dataset,
+        **pre.to_metadata(),
     }
 
 
@@ -129,6 +175,18 @@ def open_run(url: str) -> RunDir:
             f"{url}: not a run directory (no {SPEC} or {CHECKPOINTS}/); name a run directory such as runs/digits"
         )
     return run_dir
+
+
+def find_runs(prefix: str) -> list[RunDir]:
+    """The run directories directly under `prefix`, or `prefix` itself if it is one."""
+    storage.check_reachable(prefix, "PREFIX")
+    names = storage.list_names(prefix)
+    if not names:
+        raise UserError(f"{prefix}: nothing there; name a directory or bucket prefix that holds run directories")
+    if SPEC in names or CHECKPOINTS in names:
+        return [RunDir(prefix)]
+    runs = [RunDir(storage.join(prefix, name)) for name in names]
+    return [r for r in runs if r.looks_like_a_run()]
 
 
 def newest_finished_sibling(run_url: str) -> RunDir | None:

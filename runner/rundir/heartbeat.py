@@ -14,16 +14,17 @@ so each write replaces the whole (small) file, never faster than GCS allows.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner import storage
-from runner.rundir import LOG, STATUS
+
+if TYPE_CHECKING:
+    from runner.rundir.layout import RunDir
 
 FLUSH_S = 2.0  # new log lines reach log.txt this often (GCS: <= 1 write/s per object)
 HEARTBEAT_S = 10.0  # status.json is rewritten at least this often while running
@@ -59,9 +60,9 @@ def where() -> dict[str, Any]:
 class Heartbeat:
     """Keeps status.json and log.txt current while a run trains; `close()` writes the end."""
 
-    def __init__(self, run_url: str, progress: Callable[[], dict[str, Any]]):
+    def __init__(self, run_dir: RunDir, progress: Callable[[], dict[str, Any]]):
         """No I/O yet: lines logged before `start()` are kept, and bad input writes nothing."""
-        self.status_url, self.log_url = storage.join(run_url, STATUS), storage.join(run_url, LOG)
+        self.run_dir = run_dir
         self.progress = progress  # read on the heartbeat thread: plain ints, no locking needed
         self.lines: list[str] = []
         self.status: dict[str, Any] = {}
@@ -72,9 +73,9 @@ class Heartbeat:
 
     def start(self, info: dict[str, Any], resumed: bool) -> None:
         """Announce the run as running (first write), then keep announcing it."""
-        earlier = json.loads(storage.read_text(self.status_url) or "{}")
+        earlier = self.run_dir.read_status() or {}
         with self._lock:  # a run's log spans its attempts: earlier ones' lines come first
-            self.lines[:0] = storage.read_text(self.log_url).splitlines()
+            self.lines[:0] = self.run_dir.read_log()
         resumes = earlier.get("resumes", 0) + 1 if resumed else 0
         self.status = {**info, **where(), "state": RUNNING, "started": time.time(), "resumes": resumes}
         self._flush(force=True)
@@ -111,9 +112,9 @@ class Heartbeat:
         with self._lock:
             lines = list(self.lines)
         if len(lines) != self._written_lines:
-            storage.write_bytes(self.log_url, "".join(f"{line}\n" for line in lines).encode())
+            self.run_dir.write_log(lines)
             self._written_lines = len(lines)
         if force:
             self.status.update(self.progress(), updated=time.time())
-            storage.write_bytes(self.status_url, json.dumps(self.status, indent=1).encode())
+            self.run_dir.write_status(self.status)
             self._beat_at = time.monotonic()

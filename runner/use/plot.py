@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from runner import storage
 from runner.errors import UserError
-from runner.rundir import METRICS, RunDir
+from runner.rundir.layout import METRICS, RunDir
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -26,10 +26,7 @@ IMAGE_TYPES = ("png", "svg", "pdf")
 
 
 def read_curves(run_dir: RunDir) -> Curves:
-    try:
-        records = run_dir.read_metrics()
-    except FileNotFoundError:
-        records = []
+    records = run_dir.read_metrics()
     if not any("train_loss" in r for r in records):
         raise UserError(f"{run_dir.url}: no metrics yet (no {METRICS}: the run has not finished an epoch)")
     return run_dir.url, records

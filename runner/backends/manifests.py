@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from runner.errors import UserError
+from runner.errors import Exit, UserError
 from runner.spec import JobSpec, ScheduleSpec
 
 CONTAINER = "runner"
 SPEC_DIR = "/etc/runner"
 SPEC_FILE = f"{SPEC_DIR}/spec.toml"
 WORKDIR = "/workspace"  # writable scratch: relative data.root and caches land here
-BAD_INPUT = 2  # runner's exit code for bad input: retrying cannot help
 UID = 1000  # the image's non-root user
 GKE_SPOT = "cloud.google.com/gke-spot"
 GKE_ACCELERATOR = "cloud.google.com/gke-accelerator"
@@ -146,12 +145,12 @@ def _job_spec(spec: JobSpec, image: str, scheduled: bool) -> dict[str, Any]:
                 # Bad input fails the same way every time: stop now.
                 {
                     "action": "FailJob",
-                    "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [BAD_INPUT]},
+                    "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [int(Exit.BAD_INPUT)]},
                 },
                 # Anything else (a crash, an unreachable store) may pass: use a retry.
                 {
                     "action": "Count",
-                    "onExitCodes": {"containerName": CONTAINER, "operator": "NotIn", "values": [0, BAD_INPUT]},
+                    "onExitCodes": {"containerName": CONTAINER, "operator": "NotIn", "values": [int(Exit.OK), int(Exit.BAD_INPUT)]},
                 },
             ]
         },

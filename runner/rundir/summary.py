@@ -3,19 +3,19 @@
 Everything here is read from the run directory alone (spec.toml, metrics.jsonl,
 status.json, the checkpoint commit records), so it works the same for a run on this
 machine, in a bucket, or written by a pod that no longer exists. `summarize` is pure;
-`read` and `find` are the thin edges that fetch the files.
+`read` and `state_of` are the thin edges that fetch the files (through RunDir).
 """
 
 from __future__ import annotations
 
-import json
 import time
-import tomllib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from runner import heartbeat, storage
-from runner.errors import UserError
-from runner.rundir import CHECKPOINTS, METRICS, SPEC, STATUS, RunDir
+from runner.rundir import heartbeat
+from runner.rundir.layout import RunDir
+
+if TYPE_CHECKING:
+    from runner.rundir.checkpoints import Entry
 
 
 def summarize(
@@ -23,12 +23,12 @@ def summarize(
     spec: dict[str, Any],
     metrics: list[dict[str, Any]],
     status: dict[str, Any] | None,
-    checkpoints: list[Any],
+    checkpoints: list[Entry],
     now: float,
 ) -> dict[str, Any]:
     """One run as plain data: the documented `runner status --json` (pure).
 
-    `checkpoints` are checkpoint.Entry objects, newest first.
+    `checkpoints`: the committed ones, newest first; `now`: Unix seconds.
     """
     epochs = [r for r in metrics if "train_loss" in r]
     final = metrics[-1] if metrics and "test_acc" in metrics[-1] else None
@@ -60,35 +60,17 @@ def summarize(
 
 def read(run_dir: RunDir) -> dict[str, Any]:
     """Fetch a run directory's files and summarize them."""
-    from runner.checkpoint import CheckpointStore
-
-    spec_text = storage.read_text(run_dir.path(SPEC))
-    metrics_text = storage.read_text(run_dir.path(METRICS))
-    status_text = storage.read_text(run_dir.path(STATUS))
     return summarize(
         run_dir.url,
-        tomllib.loads(spec_text) if spec_text else {},
-        [json.loads(line) for line in metrics_text.splitlines() if line.strip()],
-        json.loads(status_text) if status_text else None,
-        CheckpointStore(run_dir.url, keep=1).refresh(),
+        run_dir.read_spec() or {},
+        run_dir.read_metrics(),
+        run_dir.read_status(),
+        run_dir.checkpoint_index().refresh(),
         time.time(),
     )
 
 
-def find(prefix: str) -> list[RunDir]:
-    """The run directories directly under `prefix`, or `prefix` itself if it is one."""
-    storage.check_reachable(prefix, "PREFIX")
-    names = storage.list_names(prefix)
-    if not names:
-        raise UserError(f"{prefix}: nothing there; name a directory or bucket prefix that holds run directories")
-    if SPEC in names or CHECKPOINTS in names:
-        return [RunDir(prefix)]
-    runs = [RunDir(storage.join(prefix, name)) for name in names]
-    return [r for r in runs if r.looks_like_a_run()]
-
-
-def state_of(url: str) -> tuple[str, dict[str, Any]]:
+def state_of(run_dir: RunDir) -> tuple[str, dict[str, Any]]:
     """A run's state and its status.json (empty if none): what `logs -f` and `cancel` poll."""
-    status_text = storage.read_text(storage.join(url, STATUS))
-    status = json.loads(status_text) if status_text else {}
-    return heartbeat.state(status or None, False, time.time()), status
+    status = run_dir.read_status()
+    return heartbeat.state(status, False, time.time()), status or {}

@@ -2,7 +2,8 @@
 
 Images stay uint8 (N, C, H, W) until a batch is normalised on the training device,
 which is four times less memory and host-to-device traffic than float32. Adding a
-dataset is one entry in DATASETS. torch and torchvision are imported only when data
+dataset is one entry in DATASETS; what a model trained on it is fed is its
+`preprocessing` (data/preprocessing.py). torch and torchvision are imported only when data
 is loaded, so validating a spec stays fast.
 """
 
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from runner.data.preprocessing import Preprocessing
 from runner.errors import UserError
 
 if TYPE_CHECKING:
@@ -41,6 +43,10 @@ class DatasetInfo:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(self.shape, self.classes, self.mean, self.std)
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
-"""How runs and their results look to a person (rich) or a script (JSON): ls, status, eval, predict.
+"""How runs and their results look to a person: ls, status, eval, predict as rich renderables or text.
 
-Pure: run summaries (runs.summarize) in, renderables and strings out.
+Pure: run summaries (rundir.summary.summarize) and results in, renderables and strings out.
+(JSON output is cli/output.py's.)
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -14,13 +14,11 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from runner.inference import Evaluation, Prediction, Trained
+    from runner.use.evaluate import Evaluation
+    from runner.use.predict import Prediction
+    from runner.use.trained import Trained
 
 STATE_STYLES = {"running": "cyan", "done": "green", "failed": "red", "preempted": "yellow", "stale": "magenta"}
-
-
-def to_json(data: Any) -> str:
-    return json.dumps(data, indent=2, sort_keys=True)
 
 
 def key_values(info: dict[str, Any]) -> str:

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from runner.engine import Running
+from runner.training.events import Listener
+
+if TYPE_CHECKING:
+    from runner.training.engine import Running
 
 REFRESH_S = 0.25  # each refresh reads the loss off the device: a sync, so not every step
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
+    """An epoch's metrics.jsonl record as the one line a person reads (and log.txt keeps)."""
+
     def fmt(key: str, spec: str) -> str:
         value = record.get(key)
         return "-" if value is None else format(value, spec)
@@ -25,8 +30,8 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
     )
 
 
-class ProgressDisplay:
-    """Implements engine.Events for a person watching."""
+class ProgressDisplay(Listener):
+    """The loop's events for a person watching: a live bar on a terminal, and each epoch's line."""
 
     def __init__(self, console: Console, epochs: int, quiet: bool = False):
         self.console, self.epochs = console, epochs
@@ -76,7 +81,4 @@ class ProgressDisplay:
         self.bar.update(self.task, completed=batch, loss=loss, acc=acc, rate=rate)
 
     def epoch_end(self, record: dict[str, Any]) -> None:
-        self.console.print(self.line(record), highlight=False)
-
-    def line(self, record: dict[str, Any]) -> str:
-        return epoch_line(record, self.epochs)
+        self.console.print(epoch_line(record, self.epochs), highlight=False)

@@ -1,14 +1,11 @@
-"""The networks of the seed tutorials, sized for any (C, H, W) input, and torchvision adapters."""
+"""The networks of the seed tutorials, sized for any (C, H, W) input."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 from torch import nn
 
-from runner.errors import UserError
-from runner.models import CNN3Options, CNNOptions, MLPOptions, torchvision_models
+from runner.models.options import CNN3Options, CNNOptions, MLPOptions
 
 
 def _flat_size(features: nn.Module, in_shape: tuple[int, int, int]) -> int:
@@ -102,44 +99,3 @@ class KerasCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
-
-
-def torchvision_classifier(
-    name: str, kwargs: dict[str, Any], in_shape: tuple[int, int, int], num_classes: int
-) -> nn.Module:
-    """A torchvision classifier, untrained, with its stem adapted to `in_shape[0]` channels."""
-    import torchvision
-
-    if name not in torchvision_models():  # in models.TORCHVISION_CLASSIFIERS, not in an older torchvision
-        raise UserError(
-            f"model: torchvision {torchvision.__version__} has no classifier '{name}'; "
-            "upgrade torchvision or choose another model"
-        )
-    try:
-        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"model_options: torchvision's {name} rejects them: {e}") from None
-    if in_shape[0] != 3:
-        _adapt_stem(model, in_shape[0])
-    # Fail now, with the reason, rather than at the first training step: some models
-    # need a minimum input size (alexnet: 63x63), vision transformers an exact one.
-    # Eval mode draws no randomness and leaves batch-norm statistics untouched.
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(2, *in_shape))
-    except (RuntimeError, AssertionError) as e:
-        first = str(e).splitlines()[0]
-        raise UserError(f"model: {name} cannot take inputs of shape {in_shape}: {first}") from None
-    return model.train()
-
-
-def _adapt_stem(model: nn.Module, channels: int) -> None:
-    """Replace the first convolution with one taking `channels` input channels."""
-    name = next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
-    if name is None:
-        raise UserError("model: found no Conv2d to adapt to the dataset's channels")
-    parent_name, _, attr = name.rpartition(".")
-    old = model.get_submodule(name)
-    new = nn.Conv2d(channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=old.bias is not None)
-    setattr(model.get_submodule(parent_name), attr, new)

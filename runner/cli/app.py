@@ -1,0 +1,68 @@
+"""The Typer application, and the one place that turns errors into exit codes.
+
+Exit codes (errors.Exit): 0 done, 1 failure, 2 bad input (one line on stderr, no
+traceback), 130 a second Ctrl-C. Command modules register on `app` with `command`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+from runner import __version__
+from runner.errors import Exit, RunFailed, UserError
+
+app = typer.Typer(
+    name="runner",
+    help="Run PyTorch training jobs from TOML specs: locally, resumably, on Kubernetes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def exit_codes(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Expected failures become one line on stderr and the contract's exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except UserError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(Exit.BAD_INPUT) from None
+        except RunFailed as e:
+            typer.echo(f"failed: {e}", err=True)
+            raise typer.Exit(Exit.FAILED) from None
+        except KeyboardInterrupt:
+            typer.echo("aborted", err=True)
+            raise typer.Exit(Exit.ABORTED) from None
+
+    return wrapper
+
+
+def command(name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a command on `app`, with the exit-code contract."""
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        return app.command(name)(exit_codes(fn))
+
+    return register
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"runner {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    pass

@@ -1,0 +1,20 @@
+"""The `runner` command: every command module registered on the one Typer app.
+
+Commands are thin: parse, call one thing, print. torch is imported only by the
+commands that train or use a model, and only once the input has been checked.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from runner.cli.app import app
+
+# Importing a module registers its commands; `runner --help` lists them in this order.
+COMMAND_MODULES = ("runner.cli.train", "runner.cli.operate", "runner.cli.use")
+for _module in COMMAND_MODULES:
+    importlib.import_module(_module)
+
+
+def main() -> None:
+    app()

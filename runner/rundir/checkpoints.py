@@ -1,0 +1,98 @@
+"""Committed checkpoints in a run directory, read-only: what they are, and loading one verified.
+
+    <run>/checkpoints/<step>-<token>.pt      payloads: unique names, written once, never changed
+    <run>/checkpoints/commits/<seq>.json     commit records, written create-only; newest = highest seq
+
+A checkpoint exists once a commit record lists it; each record lists every checkpoint
+kept, newest first, with size and MD5, so a reader verifies a payload before using it
+and falls back to the one before if it is corrupt. Readers (`ls`, `status`, `eval`,
+resume) use this index; only writer.CheckpointWriter commits and prunes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from runner import storage
+
+RECORDS = "commits"
+
+
+class Corrupt(Exception):
+    """A payload that does not match its commit record, or does not load safely."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One committed checkpoint: its file under checkpoints/, its position, size (bytes), MD5 (hex)
+    and commit time (Unix seconds)."""
+
+    file: str
+    step: int
+    epoch: int
+    batch: int
+    size: int
+    md5: str
+    time: float
+
+
+class CheckpointIndex:
+    def __init__(self, checkpoints_url: str):
+        self.dir = checkpoints_url
+        self.records = storage.join(self.dir, RECORDS)
+        self.seq = 0  # the newest commit record read (a writer: or written)
+        self.entries: list[Entry] = []  # committed checkpoints, newest first
+
+    def _newest_seq(self) -> int:
+        seqs = [int(n.removesuffix(".json")) for n in storage.list_names(self.records) if n.endswith(".json")]
+        return max(seqs, default=0)
+
+    def refresh(self) -> list[Entry]:
+        """Read the newest commit record: the committed checkpoints, newest first."""
+        self.seq = self._newest_seq()
+        if self.seq:
+            record = json.loads(storage.read_bytes(self._record_url(self.seq)))
+            self.entries = [Entry(**e) for e in record["checkpoints"]]
+        else:
+            self.entries = []
+        return self.entries
+
+    def load(self, entry: Entry) -> dict[str, Any]:
+        """A checkpoint's payload, verified against its record, loaded without running code."""
+        try:
+            data = storage.read_bytes(self.url_of(entry))
+        except FileNotFoundError:
+            raise Corrupt("its payload is missing") from None
+        if len(data) != entry.size or storage.md5(data) != entry.md5:
+            raise Corrupt(
+                f"{len(data)} bytes with MD5 {storage.md5(data)}, committed as {entry.size} bytes, {entry.md5}"
+            )
+        import torch
+
+        try:
+            # weights_only: tensors and plain containers only; a pickle that would run code is refused.
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as e:
+            lines = str(e).strip().splitlines() or [type(e).__name__]
+            reason = next((line.strip() for line in lines if "WeightsUnpickler error" in line), lines[0])
+            raise Corrupt(f"it does not load safely ({reason})") from None
+
+    def newest_valid(self, warn: Callable[[str], None]) -> tuple[dict[str, Any], Entry] | None:
+        """The newest committed checkpoint that verifies and loads, saying why others were skipped."""
+        for entry in self.entries:
+            try:
+                return self.load(entry), entry
+            except Corrupt as e:
+                warn(f"checkpoint at step {entry.step} ({entry.file}) is unusable: {e}; falling back")
+        return None
+
+    def url_of(self, entry: Entry) -> str:
+        """Where `entry`'s payload is."""
+        return storage.join(self.dir, entry.file)
+
+    def _record_url(self, seq: int) -> str:
+        return storage.join(self.records, f"{seq:010d}.json")

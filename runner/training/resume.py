@@ -1,0 +1,94 @@
+"""What a run starts from: its own newest checkpoint, another run's weights, or nothing.
+
+Claiming the run directory and restoring its newest valid checkpoint are one step:
+a writer claims on top of the commit record it read, so two attempts cannot both
+believe they own the directory.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from runner.errors import RunFailed, UserError
+from runner.rundir.layout import FINAL_WEIGHTS, RunDir, newest_finished_sibling
+from runner.spec import resume_conflicts
+
+if TYPE_CHECKING:
+    from runner.rundir.checkpoints import Entry
+    from runner.rundir.writer import CheckpointWriter
+    from runner.spec import JobSpec
+    from runner.training.engine import Trainer
+
+CLAIM_TRIES = 5
+Say = Callable[[str], None]
+
+
+def start_over(run_dir: RunDir, overwrite: bool) -> None:
+    """`--fresh`: refuse a directory that holds a run, unless `overwrite`, which deletes it."""
+    if not run_dir.looks_like_a_run():
+        return
+    if not overwrite:
+        raise UserError(
+            f"--fresh: {run_dir.url} already holds a run; add --overwrite to delete it and start over, "
+            "or set checkpoint.dir to a new place"
+        )
+    run_dir.delete_run()
+
+
+def warm_start(trainer: Trainer, init_from: str, run_dir: RunDir, say: Say) -> None:
+    """Load another run's final weights into the fresh model (optimizer and position start anew)."""
+    source = newest_finished_sibling(run_dir.url) if init_from == "previous" else RunDir(init_from)
+    if source is None:
+        say("init_from = previous: no finished run beside this one yet; starting from scratch")
+        return
+    try:
+        weights, _ = source.read_final()
+    except FileNotFoundError:
+        raise UserError(
+            f"init_from: {source.path(FINAL_WEIGHTS)} does not exist; name a finished run directory"
+        ) from None
+    try:
+        trainer.state.model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise UserError(
+            f"init_from: the weights in {source.url} do not fit this model: {str(e).splitlines()[0]}"
+        ) from None
+    say(f"initialised from {source.path(FINAL_WEIGHTS)}")
+
+
+def claim_and_resume(writer: CheckpointWriter, trainer: Trainer, spec: JobSpec, say: Say) -> Entry | None:
+    """Become the run directory's writer and restore its newest valid checkpoint, if any.
+
+    Returns the checkpoint restored (None: a new run). Raises UserError if the directory
+    holds another job's checkpoints or none that can be used, RunFailed if other writers
+    keep committing.
+    """
+    from runner.storage import AlreadyExists
+
+    for _ in range(CLAIM_TRIES):
+        committed = writer.refresh()
+        found = writer.newest_valid(say)
+        if committed and found is None:
+            raise UserError(
+                f"checkpoint.dir: none of the {len(committed)} committed checkpoints in {writer.dir} can be used "
+                "(see above); start over with --fresh --overwrite"
+            )
+        if found is not None:
+            conflicts = resume_conflicts(tomllib.loads(found[0]["spec"]), spec)
+            if conflicts:
+                raise UserError(
+                    f"checkpoint.dir: {spec.checkpoint.dir} holds a checkpoint of a different job: "
+                    f"{', '.join(conflicts)}; resume with the same values, choose another checkpoint.dir, "
+                    "or start over with --fresh --overwrite"
+                )
+        try:
+            writer.claim(found[1].file if found else None)
+        except AlreadyExists:
+            continue  # another writer committed meanwhile: read its newest, then claim again
+        if found is None:
+            return None
+        trainer.restore(found[0]["state"])
+        return found[1]
+    raise RunFailed(f"could not claim {writer.dir}: another writer keeps committing to it")

@@ -1,0 +1,219 @@
+"""`runner run`: one job, start to finish, in this process.
+
+A `Session` owns what one process of a run has: the spec, the run directory, the
+log, and its place in the job (`Rank`). It wires the engine's events to listeners:
+the progress display everywhere, and the writers (metrics.jsonl, checkpoints,
+log.txt) in the writing process only.
+
+Everything that can be wrong with the input (device, data, model, a checkpoint of
+another job) is checked before the run directory is written, so bad input writes
+nothing. A run directory with committed checkpoints is resumed from the newest one
+that verifies.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+
+from runner import storage
+from runner.errors import Exit, UserError
+from runner.rundir import heartbeat
+from runner.rundir.layout import FINAL_WEIGHTS, RunDir, weights_metadata
+from runner.spec import JobSpec, to_toml
+from runner.training.ranks import Rank
+
+if TYPE_CHECKING:
+    from runner.rundir.checkpoints import Entry
+    from runner.rundir.writer import CheckpointWriter
+    from runner.training.checkpointer import Checkpointer
+    from runner.training.engine import Trainer
+    from runner.training.signals import Preemption
+
+
+def build_trainer(spec: JobSpec) -> Trainer:
+    """Device, data and model for `spec`: every check of the input that needs torch."""
+    import torch
+
+    from runner.data.datasets import load_dataset
+    from runner.device import select
+    from runner.models.registry import build_model
+    from runner.training.engine import Trainer
+
+    placement = select(spec.device, spec.precision, spec.threads)
+    data = load_dataset(spec.data.dataset, spec.data.root, spec.data.download, spec.data.val_fraction, spec.seed)
+    torch.manual_seed(spec.seed)  # seeds the weights and dropout (CPU and every GPU)
+    model = build_model(spec.model, spec.model_options, data.info.shape, data.info.num_classes)
+    return Trainer(spec, model, data, placement)
+
+
+def run(spec: JobSpec, console: Console, quiet: bool = False, fresh: bool = False, overwrite: bool = False) -> int:
+    """Train `spec` (resuming if its run directory holds a checkpoint). Returns the exit code:
+    0 done, 143 stopped by a signal after a checkpoint. Raises UserError (bad input, before
+    anything is written) and RunFailed."""
+    from runner.training.signals import Preemption
+
+    rank = _rank()
+    # From the start: a SIGTERM while data loads is honoured at the first step, and one
+    # during the final saves cannot cut them short.
+    with Preemption() as preempted:
+        trainer = build_trainer(spec)
+        session = Session(spec, rank, console)
+        try:
+            return session.run(trainer, preempted, quiet, fresh, overwrite)
+        except OSError as e:  # the run directory's store, wherever it failed: a timeout, a full disk
+            raise storage.failure(spec.checkpoint.dir, e) from None
+
+
+def _rank() -> Rank:
+    try:
+        rank = Rank.detect()
+    except ValueError as e:
+        raise UserError(f"torchrun's environment: {e}") from None
+    if rank.world_size > 1:
+        raise UserError(
+            f"WORLD_SIZE={rank.world_size}: this runner trains in one process; start `runner run` without torchrun"
+        )
+    return rank
+
+
+class Session:
+    """One process's part in a run: the spec, the run directory, the log, the rank."""
+
+    def __init__(self, spec: JobSpec, rank: Rank, console: Console):
+        self.spec, self.rank, self.console = spec, rank, console
+        self.run_dir = RunDir(spec.checkpoint.dir)
+        self.heartbeat: heartbeat.Heartbeat | None = None  # the writer's status.json and log.txt
+
+    def say(self, message: str) -> None:
+        """A line for the person watching, and for log.txt."""
+        self.console.print(message, highlight=False, markup=False)
+        self.log(message)
+
+    def log(self, message: str) -> None:
+        """A line for log.txt alone."""
+        if self.heartbeat is not None:
+            self.heartbeat.log(message)
+
+    def run(self, trainer: Trainer, preempted: Preemption, quiet: bool, fresh: bool, overwrite: bool) -> int:
+        from runner.rundir.writer import CheckpointWriter, Fenced
+        from runner.training import resume
+
+        spec, run_dir, state = self.spec, self.run_dir, trainer.state
+        storage.check_reachable(run_dir.url)
+        self.heartbeat = heartbeat.Heartbeat(run_dir, lambda: {"epoch": state.epoch, "step": state.step})
+        if fresh:
+            resume.start_over(run_dir, overwrite)
+        writer = CheckpointWriter(run_dir.checkpoints_url, spec.checkpoint.keep)
+        if spec.init_from and not writer.refresh():  # a resumed run keeps its own weights
+            resume.warm_start(trainer, spec.init_from, run_dir, self.say)
+        resumed = resume.claim_and_resume(writer, trainer, spec, self.say)
+        run_dir.write_spec(to_toml(spec))
+        info = {"name": spec.name, "epochs": spec.epochs, "steps_total": spec.epochs * trainer.batches}
+        self.heartbeat.start(info, resumed=resumed is not None)
+        try:
+            code = self._train(trainer, writer, resumed, quiet, preempted)
+        except Fenced:
+            self.heartbeat.abandon()  # the run directory is another attempt's now: leave its status alone
+            raise
+        except BaseException as e:
+            self._end(heartbeat.FAILED, _first_line(e))
+            raise
+        if code == Exit.OK:
+            self._end(heartbeat.DONE, "")
+        else:
+            self._end(heartbeat.PREEMPTED, f"stopped by {_signal_name(preempted.signum)} at step {state.step}")
+        return code
+
+    def _train(
+        self, trainer: Trainer, writer: CheckpointWriter, resumed: Entry | None, quiet: bool, preempted: Preemption
+    ) -> int:
+        """Train to the end (0) or to a stop signal (143, after a checkpoint)."""
+        import torch
+
+        from runner.rundir.writer import encode
+        from runner.training.checkpointer import Checkpointer
+        from runner.training.events import Listeners
+        from runner.training.listeners import Checkpoints, LogFile, MetricsFile
+        from runner.training.progress import ProgressDisplay
+
+        spec, run_dir, state = self.spec, self.run_dir, trainer.state
+        spec_toml, preprocessing = to_toml(spec), trainer.info.preprocessing
+        self.say(
+            f"{spec.name}: {spec.model} on {spec.data.dataset} "
+            f"({len(trainer.train)} train / {len(trainer.val)} val / {len(trainer.test)} test) on "
+            f"{trainer.placement.device}, {trainer.placement.precision}, {torch.get_num_threads()} CPU threads "
+            f"-> {run_dir.url}"
+        )
+        if resumed and state.epoch >= spec.epochs:
+            self.say(f"already trained to epoch {state.epoch} (step {state.step}, {resumed.file}); evaluating again")
+        elif resumed:
+            self.say(f"resumed from step {state.step} (epoch {state.epoch + 1}, batch {state.batch}) of {resumed.file}")
+
+        def snapshot() -> tuple[bytes, dict[str, int]]:
+            position = {"epoch": state.epoch, "batch": state.batch, "step": state.step}
+            return encode(state.state_dict(), spec_toml, preprocessing.to_dict()), position
+
+        ckpt = spec.checkpoint
+        checkpointer = Checkpointer(writer, snapshot, ckpt.every_steps, ckpt.every_seconds, state.step, self.say)
+        try:
+            with ProgressDisplay(self.console, spec.epochs, quiet) as display:
+                # In the order things happen at an epoch's end: its metrics, its checkpoint, its line.
+                writers = [MetricsFile(run_dir, state, self.say), Checkpoints(checkpointer, state)]
+                listeners = Listeners(
+                    [*writers, display, LogFile(self.log, spec.epochs)] if self.rank.is_writer else [display]
+                )
+                finished = trainer.fit(listeners, preempted)
+                test = trainer.evaluate(trainer.test, preempted) if finished else None
+            if test is None:
+                code = self._emergency_save(checkpointer, state.step, preempted.signum)
+                self._flush_metrics()  # after the checkpoint, which comes first in a grace period
+                return code
+            checkpointer.save_now(state.step, attempts=4)  # the final save fails loudly, never silently
+        finally:
+            checkpointer.close()
+        test_loss, test_acc = test
+        final = {"epoch": state.epoch, "step": state.step, "test_loss": test_loss, "test_acc": test_acc}
+        metadata = weights_metadata(spec.model, spec.model_options, spec.data.dataset, preprocessing)
+        run_dir.write_final(state.model.state_dict(), metadata)
+        run_dir.write_metrics([*state.history, final], final=True)  # last: the final record means "done"
+        self.say(
+            f"done: test_acc {test_acc:.2%} (test_loss {test_loss:.4f}); weights at {run_dir.path(FINAL_WEIGHTS)}"
+        )
+        return Exit.OK
+
+    def _emergency_save(self, checkpointer: Checkpointer, step: int, signum: int | None) -> int:
+        started = time.perf_counter()
+        entry = checkpointer.save_now(step)
+        self.say(
+            f"stopped by {_signal_name(signum)} at step {entry.step}: checkpoint ({entry.size / 1e6:.1f} MB) saved in "
+            f"{time.perf_counter() - started:.2f} s; resubmit to resume"
+        )
+        return Exit.PREEMPTED
+
+    def _flush_metrics(self) -> None:
+        try:
+            self.run_dir.flush_metrics()
+        except Exception as e:  # the checkpoint is saved: exit 143 all the same
+            self.say(f"could not write metrics.jsonl ({e}); the resumed run writes it")
+
+    def _end(self, final_state: str, message: str) -> None:
+        assert self.heartbeat is not None
+        try:
+            self.heartbeat.close(final_state, message)
+        except Exception as e:  # noqa: BLE001 - the run's outcome stands; only its status file is behind
+            self.console.print(
+                f"could not write status.json ({_first_line(e)}); `runner ls` will show the run as stale"
+            )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _signal_name(signum: int | None) -> str:
+    return signal.Signals(signum).name if signum else "a signal"
