@@ -59,23 +59,24 @@ def main() -> None:
     parser.add_argument("--saves", type=int, default=5)
     args = parser.parse_args()
 
-    from runner.checkpoint import CheckpointStore, encode
-    from runner.job import build_trainer
+    from runner.rundir.layout import RunDir
+    from runner.rundir.writer import encode
     from runner.spec import load_spec, to_toml
+    from runner.training.session import build_trainer
 
     spec = load_spec(args.spec)
     trainer = build_trainer(spec)
     events = FewSteps(3)
     trainer.fit(events, events.done)
-    state, spec_toml = trainer.state, to_toml(spec)
-    store = CheckpointStore(spec.checkpoint.dir, keep=2)
+    state, spec_toml, pre = trainer.state, to_toml(spec), trainer.info.preprocessing.to_dict()
+    store = RunDir(spec.checkpoint.dir).checkpoint_writer(keep=2)
     store.refresh()
     store.claim(None)
 
     snapshot, client, server, size = [], [], [], 0
     for _ in range(args.saves):
         started = time.perf_counter()
-        payload = encode(state.state_dict(), spec_toml)  # what the training thread does per save
+        payload = encode(state.state_dict(), spec_toml, pre)  # what the training thread does per save
         snapshot.append(time.perf_counter() - started)
         client_before, server_before = time.process_time(), cpu_s(args.server_pid)
         store.commit(payload, {"epoch": state.epoch, "batch": state.batch, "step": state.step})

@@ -12,24 +12,26 @@ import pytest
 import torch
 
 from runner import storage
-from runner.checkpoint import CheckpointStore, Entry, Fenced, encode, retain
-from runner.checkpointer import Checkpointer, due
 from runner.errors import RunFailed
+from runner.rundir.checkpoints import Entry
+from runner.rundir.layout import RunDir
+from runner.rundir.writer import CheckpointWriter, Fenced, encode, retain
 from runner.spec import load_spec, resume_conflicts
+from runner.training.checkpointer import Checkpointer, due
 from tests.helpers import JOBS
 
 
 def payload(step: int) -> tuple[bytes, dict[str, int]]:
     state = {"weights": torch.full((64,), float(step)), "position": {"step": step}}
-    return encode(state, 'name = "x"\n'), {"epoch": 0, "batch": step, "step": step}
+    return encode(state, 'name = "x"\n', {}), {"epoch": 0, "batch": step, "step": step}
 
 
-def commit(store: CheckpointStore, step: int) -> Entry:
+def commit(store: CheckpointWriter, step: int) -> Entry:
     return store.commit(*payload(step))
 
 
-def fresh_store(url: str, keep: int = 3) -> CheckpointStore:
-    store = CheckpointStore(url, keep)
+def fresh_store(url: str, keep: int = 3) -> CheckpointWriter:
+    store = RunDir(url).checkpoint_writer(keep)
     store.refresh()
     store.claim(None)
     return store
@@ -69,7 +71,7 @@ def test_commits_are_visible_to_a_new_reader(bucket: str) -> None:
     store = fresh_store(run)
     for step in (5, 10):
         commit(store, step)
-    reader = CheckpointStore(run, keep=3)
+    reader = RunDir(run).checkpoint_index()
     assert [e.step for e in reader.refresh()] == [10, 5]
     state, newest = reader.newest_valid(print)
     assert newest.step == 10 and torch.equal(state["state"]["weights"], torch.full((64,), 10.0))
@@ -80,7 +82,7 @@ def test_retention_prunes_payloads_after_the_commit_and_spares_the_pinned_one(bu
     run = f"{bucket}/runs/a"
     first = fresh_store(run, keep=2)
     commit(first, 1)
-    resumed = CheckpointStore(run, keep=2)
+    resumed = RunDir(run).checkpoint_writer(2)
     resumed.refresh()
     _, pinned = resumed.newest_valid(print)
     resumed.claim(pinned.file)
@@ -110,7 +112,7 @@ def test_an_upload_the_store_did_not_keep_whole_is_never_committed(
     monkeypatch.setattr(storage, "write_bytes", lossy)
     with pytest.raises(OSError, match=r"the store holds \d+ bytes \(MD5 \w+\) of 000000000010-\w+\.pt, written"):
         commit(store, 10)
-    reader = CheckpointStore(run, keep=3)
+    reader = RunDir(run).checkpoint_index()
     assert reader.refresh() == [good]  # not committed
     assert [n for n in storage.list_names(store.dir) if n.endswith(".pt")] == [good.file]  # and deleted
 
@@ -130,7 +132,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(bucket: str, dam
     else:
         storage.delete(url)
     warnings: list[str] = []
-    reader = CheckpointStore(run, keep=3)
+    reader = RunDir(run).checkpoint_index()
     reader.refresh()
     state, found = reader.newest_valid(warnings.append)
     assert found.step == 5 and torch.equal(state["state"]["weights"], torch.full((64,), 5.0))
@@ -153,7 +155,7 @@ def test_a_planted_malicious_pickle_does_not_run(bucket: str, tmp_path: Path) ->
     Exploit.marker = str(tmp_path / "pwned")
     evil = pickle.dumps({"state": Exploit()})
     store.commit(evil, {"epoch": 0, "batch": 9, "step": 9})
-    reader = CheckpointStore(run, keep=3)
+    reader = RunDir(run).checkpoint_index()
     reader.refresh()
     warnings: list[str] = []
     _, found = reader.newest_valid(warnings.append)
@@ -168,18 +170,18 @@ def test_a_zombie_writer_is_fenced_by_the_newer_attempt(bucket: str) -> None:
     run = f"{bucket}/runs/a"
     zombie = fresh_store(run)
     commit(zombie, 5)
-    newer = CheckpointStore(run, keep=3)  # the retried pod: reads, resumes, claims
+    newer = RunDir(run).checkpoint_writer(3)  # the retried pod: reads, resumes, claims
     newer.refresh()
     newer.claim(newer.entries[0].file)
     with pytest.raises(Fenced, match="another run"):
         commit(zombie, 6)  # the zombie wakes up and tries to commit
     commit(newer, 7)
-    assert [e.step for e in CheckpointStore(run, keep=3).refresh()] == [7, 5]
+    assert [e.step for e in RunDir(run).checkpoint_index().refresh()] == [7, 5]
 
 
 def test_two_writers_racing_for_the_same_commit_cannot_both_win(bucket: str) -> None:
     run = f"{bucket}/runs/a"
-    a, b = CheckpointStore(run, keep=3), CheckpointStore(run, keep=3)
+    a, b = RunDir(run).checkpoint_writer(3), RunDir(run).checkpoint_writer(3)
     a.refresh()
     b.refresh()
     a.claim(None)
@@ -201,8 +203,8 @@ def test_a_checkpoint_bigger_than_a_chunk_uploads_verified(
     weights = torch.arange(13 * 2**20, dtype=torch.float32)
     assert weights.nbytes > 50 * 2**20
     run = f"{bucket}/runs/big"
-    written = fresh_store(run).commit(encode({"weights": weights}, 'name = "x"\n'), {"epoch": 0, "batch": 1, "step": 1})
-    reader = CheckpointStore(run, keep=3)
+    written = fresh_store(run).commit(encode({"weights": weights}, 'name = "x"\n', {}), {"epoch": 0, "batch": 1, "step": 1})
+    reader = RunDir(run).checkpoint_index()
     reader.refresh()
     state, newest = reader.newest_valid(print)
     assert newest == written and torch.equal(state["state"]["weights"], weights)
@@ -227,7 +229,7 @@ def test_memory_urls_work_too() -> None:
     run = f"memory://runs/{uuid.uuid4().hex}"
     store = fresh_store(run)
     commit(store, 3)
-    assert CheckpointStore(run, keep=3).refresh()[0].step == 3
+    assert RunDir(run).checkpoint_index().refresh()[0].step == 3
 
 
 def test_a_failing_store_is_retried_in_the_background_and_the_final_save_fails_loudly(tmp_path: Path) -> None:
@@ -252,4 +254,4 @@ def test_a_failing_store_is_retried_in_the_background_and_the_final_save_fails_l
     saver.after_step(2)
     saver.wait()
     saver.close()
-    assert not saver.pending and [e.step for e in CheckpointStore(str(run), keep=3).refresh()] == [2]
+    assert not saver.pending and [e.step for e in RunDir(str(run)).checkpoint_index().refresh()] == [2]

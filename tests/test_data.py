@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from runner.data import DATASETS, load_dataset
+from runner.data.datasets import DATASETS, load_dataset
 from runner.errors import UserError
 from tests.helpers import write_mnist
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from runner.device import COMPILERS, check_compile
-from runner.engine import Trainer, epoch_order
 from runner.errors import UserError
-from runner.job import build_trainer
 from runner.spec import load_spec
+from runner.training.engine import Trainer, epoch_order
+from runner.training.session import build_trainer
 from tests.helpers import JOBS
 
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from runner import export as exports
-from runner import inference, storage
+from runner import storage
 from runner.errors import UserError
-from runner.rundir import open_run
+from runner.rundir.layout import open_run
+from runner.use import export as exports
+from runner.use.trained import load_trained
 from tests.conftest import STEPS_PER_EPOCH
 from tests.helpers import read_weights, runner_cli, same_tensors, upload
 
@@ -27,7 +28,7 @@ def runs(trained_runs: dict[str, Path]) -> dict[str, Path]:
 
 def _pixels(n: int = 5) -> torch.Tensor:
     """Real test digits (uint8 pixels) as float32: what the exported models take."""
-    from runner.data import load_dataset
+    from runner.data.datasets import load_dataset
 
     return load_dataset("digits", "data", False, 0.1, 0).test.x[:n].float()
 
@@ -45,14 +46,14 @@ def test_safetensors_keeps_the_weights_and_metadata(runs: dict[str, Path], tmp_p
         written_by_the_run = f.metadata()
     # Final weights, and a checkpoint's (same spec, seed and step), whose metadata is made from its spec.
     for name in ("finished", "killed"):
-        exports.export(inference.load_trained(open_run(str(runs[name]))), "safetensors", str(tmp_path / name))
+        exports.export(load_trained(open_run(str(runs[name]))), "safetensors", str(tmp_path / name))
         with safe_open(tmp_path / name, "pt") as f:
             assert f.metadata() == written_by_the_run
         assert same_tensors(read_weights(tmp_path / name), read_weights(final))
 
 
 def test_torchscript_loads_with_torch_jit_and_predicts_the_same(runs: dict[str, Path], tmp_path: Path) -> None:
-    trained = inference.load_trained(open_run(str(runs["killed"])))  # a checkpoint's weights
+    trained = load_trained(open_run(str(runs["killed"])))  # a checkpoint's weights
     assert trained.source.startswith(f"checkpoint at step {STEPS_PER_EPOCH}")
     exports.export(trained, "torchscript", str(tmp_path / "model.pt"))
     files = {"runner.json": ""}
@@ -68,7 +69,7 @@ def test_onnx_passes_the_checker_and_onnxruntime_predicts_the_same(runs: dict[st
     import onnx
     import onnxruntime
 
-    trained = inference.load_trained(open_run(str(runs["finished"])))
+    trained = load_trained(open_run(str(runs["finished"])))
     exports.export(trained, "onnx", str(tmp_path / "model.onnx"))
     model = onnx.load(str(tmp_path / "model.onnx"))
     onnx.checker.check_model(model, full_check=True)
@@ -90,13 +91,13 @@ def test_export_command_from_a_bucket(runs: dict[str, Path], bucket: str, tmp_pa
     assert result.stdout.startswith("wrote out/model.pt (torchscript, ")
     assert result.stdout.rstrip().endswith(f"MB) from final weights ({run}/final/model.safetensors)")
     loaded = torch.jit.load(str(tmp_path / "out" / "model.pt"))
-    trained = inference.load_trained(open_run(str(runs["resumed"])))
+    trained = load_trained(open_run(str(runs["resumed"])))
     x = _pixels()
     with torch.no_grad():
         _same_predictions(loaded(x), trained.model(x))
     # And into the bucket, from a checkpoint picked by step: any URL goes.
     older = f"{bucket}/exports/step-{STEPS_PER_EPOCH}.safetensors"
-    trained = inference.load_trained(open_run(run), checkpoint=str(STEPS_PER_EPOCH))
+    trained = load_trained(open_run(run), checkpoint=str(STEPS_PER_EPOCH))
     exports.export(trained, "safetensors", older)
     from safetensors.torch import load
 
@@ -117,4 +118,4 @@ def test_a_run_without_weights_yet(tmp_path: Path, runs: dict[str, Path]) -> Non
     started.mkdir()
     (started / "spec.toml").write_bytes((runs["finished"] / "spec.toml").read_bytes())
     with pytest.raises(UserError, match=r"started: no weights yet \(no final/model.safetensors and no committed"):
-        inference.load_trained(open_run(str(started)))
+        load_trained(open_run(str(started)))

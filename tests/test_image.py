@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runner.image import CONTEXT, build_commands, content_tag, context_files
+from runner.backends.image import CONTEXT, build_commands, content_tag, context_files
 from runner.spec import ImageSpec, load_spec
 from tests.helpers import JOBS, REPO, runner_cli
 
@@ -40,10 +40,10 @@ def test_the_tag_covers_exactly_what_the_dockerfile_copies() -> None:
 
 def test_content_tag_changes_with_the_sources_and_the_base_only() -> None:
     files = context_files(REPO)
-    assert "runner/engine.py" in files and not any("__pycache__" in f for f in files)
+    assert "runner/training/engine.py" in files and not any("__pycache__" in f for f in files)
     tag = content_tag(files, ImageSpec())
     assert re.fullmatch(r"[0-9a-f]{16}", tag) and tag == content_tag(dict(files), ImageSpec())
-    assert tag != content_tag({**files, "runner/engine.py": b"changed"}, ImageSpec())
+    assert tag != content_tag({**files, "runner/training/engine.py": b"changed"}, ImageSpec())
     assert tag != content_tag(files, ImageSpec(base="nvcr.io/nvidia/pytorch:24.10-py3"))
     assert tag == content_tag(files, ImageSpec(repository="elsewhere/runner"))
 

@@ -15,9 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-from runner import images, inference, views
+from runner.cli import views
 from runner.errors import UserError
-from runner.rundir import open_run
+from runner.rundir.layout import open_run
+from runner.use import images
+from runner.use.evaluate import evaluate_run
+from runner.use.predict import predict
+from runner.use.trained import load_trained
 from tests.conftest import STEPS_PER_EPOCH
 from tests.helpers import runner_cli, upload
 
@@ -32,11 +36,11 @@ def runs(trained_runs: dict[str, Path]) -> dict[str, Path]:
 
 
 def test_classifier_normalises_exactly_as_the_engine_trains(runs: dict[str, Path]) -> None:
-    from runner.job import build_trainer
     from runner.spec import load_spec
+    from runner.training.session import build_trainer
 
     trainer = build_trainer(load_spec(str(runs["finished"] / "spec.toml")))
-    trained = inference.load_trained(open_run(str(runs["finished"])))
+    trained = load_trained(open_run(str(runs["finished"])))
     x = trainer.test.x
     assert torch.equal(trained.model.normalise(x), trainer._inputs(x))  # bitwise, every test image
 
@@ -47,26 +51,26 @@ def test_classifier_normalises_exactly_as_the_engine_trains(runs: dict[str, Path
 def test_eval_of_final_weights_gives_the_runs_own_test_and_val_numbers(runs: dict[str, Path]) -> None:
     for name in ("finished", "resumed"):
         *epochs, final = metrics(runs[name])
-        test = inference.evaluate_run(open_run(str(runs[name])), "test")
+        test = evaluate_run(open_run(str(runs[name])), "test")
         assert test.weights == f"final weights ({runs[name]}/final/model.safetensors)"
         assert test.accuracy == final["test_acc"] and test.samples == 359
         assert test.loss == pytest.approx(final["test_loss"], rel=1e-5)
-        val = inference.evaluate_run(open_run(str(runs[name])), "val")
+        val = evaluate_run(open_run(str(runs[name])), "val")
         assert val.accuracy == epochs[-1]["val_acc"] and val.samples == 144
         assert sum(n for _, n, _ in val.per_class()) == 144
         assert [k for _, _, k in val.per_class()] == [val.confusion[i][i] for i in range(10)]
 
 
 def test_eval_of_a_killed_run_uses_its_checkpoint_and_says_so(runs: dict[str, Path]) -> None:
-    killed = inference.evaluate_run(open_run(str(runs["killed"])), "val")
+    killed = evaluate_run(open_run(str(runs["killed"])), "val")
     assert killed.weights.startswith(f"checkpoint at step {STEPS_PER_EPOCH} (")
     assert killed.weights.endswith("the run has no final weights yet")
     assert killed.accuracy == metrics(runs["killed"])[0]["val_acc"]
     # Same spec and seed: epoch 1's weights are the same in every run of it.
-    finished = inference.evaluate_run(open_run(str(runs["finished"])), "val")
+    finished = evaluate_run(open_run(str(runs["finished"])), "val")
     assert killed.confusion == finished.confusion
     # --checkpoint picks an older one of a resumed run: the weights it was resumed from.
-    older = inference.evaluate_run(open_run(str(runs["resumed"])), "val", checkpoint=str(STEPS_PER_EPOCH))
+    older = evaluate_run(open_run(str(runs["resumed"])), "val", checkpoint=str(STEPS_PER_EPOCH))
     assert older.confusion == finished.confusion and older.weights.startswith(f"checkpoint at step {STEPS_PER_EPOCH}")
 
 
@@ -75,19 +79,19 @@ def test_eval_refuses_a_checkpoint_that_is_not_there_and_overrides_that_change_t
 ) -> None:
     run_dir = open_run(str(runs["resumed"]))
     with pytest.raises(UserError, match=r"--checkpoint 7: .* no checkpoint at that step; it has: latest, 82, 41"):
-        inference.evaluate_run(run_dir, checkpoint="7")
+        evaluate_run(run_dir, checkpoint="7")
     with pytest.raises(UserError, match=r"--set: seed \(0 -> 1\) would evaluate something other"):
-        inference.evaluate_run(run_dir, overrides=["seed=1"])
+        evaluate_run(run_dir, overrides=["seed=1"])
     with pytest.raises(UserError, match=r"--set data.val_fraction=2: data.val_fraction: Input should be less than 1"):
-        inference.evaluate_run(run_dir, overrides=["data.val_fraction=2"])
-    moved = inference.evaluate_run(run_dir, overrides=["data.root=/elsewhere", "data.download=false"])
+        evaluate_run(run_dir, overrides=["data.val_fraction=2"])
+    moved = evaluate_run(run_dir, overrides=["data.root=/elsewhere", "data.download=false"])
     assert moved.accuracy == metrics(runs["resumed"])[-1]["test_acc"]
 
 
 def test_eval_of_runs_in_a_bucket(runs: dict[str, Path], bucket: str) -> None:
     for name in ("finished", "killed"):
-        local = inference.evaluate_run(open_run(str(runs[name])), "test")
-        remote = inference.evaluate_run(open_run(upload(runs[name], f"{bucket}/runs/{name}")), "test")
+        local = evaluate_run(open_run(str(runs[name])), "test")
+        remote = evaluate_run(open_run(upload(runs[name], f"{bucket}/runs/{name}")), "test")
         assert remote.confusion == local.confusion
         assert remote.weights.replace(f"{bucket}/runs", str(runs[name].parent)) == local.weights
 
@@ -100,7 +104,7 @@ def test_eval_command_prints_accuracy_per_class_and_the_confusion_matrix(runs: d
     assert f"test split: 359 samples, accuracy {test_acc:.2%}" in result.stdout
     assert "class  samples  correct  accuracy" in result.stdout
     assert "confusion matrix (rows: true class, columns: predicted)" in result.stdout
-    killed = inference.evaluate_run(open_run(str(runs["killed"])), "val")
+    killed = evaluate_run(open_run(str(runs["killed"])), "val")
     report = json.loads(json.dumps(killed.to_json()))  # what --json prints
     assert report["accuracy"] == metrics(runs["killed"])[0]["val_acc"] and report["split"] == "val"
     assert report["weights"].startswith(f"checkpoint at step {STEPS_PER_EPOCH}")
@@ -112,14 +116,14 @@ def test_eval_command_prints_accuracy_per_class_and_the_confusion_matrix(runs: d
 
 def _digits(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `n` test digits of the runs' split, as the model sees them: uint8 (n, 1, 28, 28)."""
-    from runner.data import load_dataset
+    from runner.data.datasets import load_dataset
 
     test = load_dataset("digits", "data", False, 0.1, 0).test
     return test.x[:n], test.y[:n]
 
 
 def test_predict_feeds_an_image_of_the_models_size_exactly_as_the_data(runs: dict[str, Path], tmp_path: Path) -> None:
-    trained = inference.load_trained(open_run(str(runs["finished"])))
+    trained = load_trained(open_run(str(runs["finished"])))
     x, _ = _digits(8)
     grey, paper = [], []
     for i, digit in enumerate(x[:, 0].numpy()):
@@ -128,12 +132,12 @@ def test_predict_feeds_an_image_of_the_models_size_exactly_as_the_data(runs: dic
         paper.append(tmp_path / f"paper-{i}.png")  # dark on light, in colour, with an alpha channel
         Image.fromarray(np.stack([255 - digit] * 3 + [np.full_like(digit, 255)], axis=-1)).save(paper[-1])
     for path in grey + paper:
-        pixels, inverted = images.to_pixels(images.read_image(str(path)), (1, 28, 28), "auto", trained.light_on_dark)
+        pixels, inverted = images.to_pixels(images.read_image(str(path)), (1, 28, 28), "auto", trained.preprocessing.light_on_dark)
         assert inverted == path.name.startswith("paper")
         assert torch.equal(pixels, x[int(path.stem.split("-")[1])])
     expected = torch.softmax(trained.model(x), 1).argmax(1).tolist()
     for paths in (grey, paper):
-        predictions = inference.predict(trained, [str(p) for p in paths], top=3)
+        predictions = predict(trained, [str(p) for p in paths], top=3)
         assert [trained.classes.index(p.top[0][0]) for p in predictions] == expected
         assert all(len(p.top) == 3 and p.top[0][1] >= p.top[1][1] >= p.top[2][1] for p in predictions)
 
@@ -162,8 +166,8 @@ def test_predict_command_classifies_photos_of_ink_on_paper(runs: dict[str, Path]
                for p in predictions)  # fmt: skip
     right = sum(p["top"][0]["class"] == label for p, label in zip(predictions, labels, strict=True))
     assert right >= 15, right  # about 89% accurate on the data
-    trained = inference.load_trained(open_run(str(runs["resumed"])))
-    not_inverted = inference.predict(trained, images, invert="no")
+    trained = load_trained(open_run(str(runs["resumed"])))
+    not_inverted = predict(trained, images, invert="no")
     assert not any(p.inverted for p in not_inverted)
     assert sum(p.top[0][0] == label for p, label in zip(not_inverted, labels, strict=True)) < right - 5
 
@@ -176,18 +180,18 @@ def test_predict_with_a_killed_runs_checkpoint_and_a_bucket_runs_weights(
     runs: dict[str, Path], tmp_path: Path, bucket: str
 ) -> None:
     images, _ = _photos(tmp_path, 4)
-    killed = inference.load_trained(open_run(str(runs["killed"])))
+    killed = load_trained(open_run(str(runs["killed"])))
     assert killed.source.startswith(f"checkpoint at step {STEPS_PER_EPOCH}")
-    finished = inference.load_trained(open_run(str(runs["finished"])))
-    assert inference.predict(killed, images) == inference.predict(finished, images)  # the same weights
-    remote = inference.load_trained(open_run(upload(runs["resumed"], f"{bucket}/runs/resumed")))
+    finished = load_trained(open_run(str(runs["finished"])))
+    assert predict(killed, images) == predict(finished, images)  # the same weights
+    remote = load_trained(open_run(upload(runs["resumed"], f"{bucket}/runs/resumed")))
     assert remote.source == f"final weights ({bucket}/runs/resumed/final/model.safetensors)"
-    local = inference.load_trained(open_run(str(runs["resumed"])))
-    assert inference.predict(remote, images, top=10) == inference.predict(local, images, top=10)
+    local = load_trained(open_run(str(runs["resumed"])))
+    assert predict(remote, images, top=10) == predict(local, images, top=10)
 
 
 def test_predict_odd_images(runs: dict[str, Path], tmp_path: Path) -> None:
-    trained = inference.load_trained(open_run(str(runs["finished"])))
+    trained = load_trained(open_run(str(runs["finished"])))
     wide = tmp_path / "wide.png"  # 4:1, grey with alpha, transparent ground: letterboxed onto white
     Image.new("LA", (400, 100), (0, 0)).save(wide)
     tall = tmp_path / "tall.jpg"
@@ -197,7 +201,7 @@ def test_predict_odd_images(runs: dict[str, Path], tmp_path: Path) -> None:
         assert pixels.shape == (1, 28, 28) and pixels.dtype == torch.uint8 and was_inverted == inverted
     (tmp_path / "notes.png").write_text("not an image")
     with pytest.raises(UserError, match=r"notes.png: cannot use it: not an image \(PNG, JPEG, ...\)"):
-        inference.predict(trained, [str(wide), str(tmp_path / "notes.png")])
+        predict(trained, [str(wide), str(tmp_path / "notes.png")])
     with pytest.raises(UserError, match=r"missing.png: no such file"):
         images.read_image(str(tmp_path / "missing.png"))
     with pytest.raises(UserError, match=r"a directory, not an image file"):

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from runner.backends import Submission
+from runner.backends.api import Submission
 from runner.backends.k8s import K8sBackend
+from runner.backends.manifests import render
 from runner.errors import UserError
-from runner.manifests import render
 from runner.spec import load_spec, to_toml
 from tests.helpers import JOBS, runner_cli
 from tests.k8s_emulator import K8sEmulatorHandle

@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from runner.manifests import render, to_yaml
+from runner.backends.manifests import render, to_yaml
 from runner.spec import load_spec, to_toml
 from tests.helpers import JOBS, REPO, runner_cli
 

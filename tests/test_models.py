@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from runner.errors import UserError
-from runner.models import TORCHVISION_CLASSIFIERS, build_model, torchvision_models
+from runner.models.registry import build_model
+from runner.models.vision import TORCHVISION_CLASSIFIERS, torchvision_models
 
 
 def n_params(model: torch.nn.Module) -> int:

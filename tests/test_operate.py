@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from runner import heartbeat
-from runner.views import age
+from runner.cli.views import age
+from runner.rundir import heartbeat
 from tests.helpers import JOBS, REPO, runner_cli
 
 FAST = ["--set=threads=1", "--set=device=cpu", "--quiet"]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from runner import plot as plots
 from runner import storage
 from runner.errors import UserError
-from runner.rundir import open_run
+from runner.rundir.layout import open_run
+from runner.use import plot as plots
 from tests.helpers import runner_cli, upload
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from runner.checkpoint import CheckpointStore
+from runner.rundir.layout import RunDir
 from tests.conftest import make_bucket
 from tests.helpers import JOBS, REPO, FlakyProxy, read_weights, runner_cli, same_tensors
 
@@ -95,7 +95,7 @@ def final_weights(run_dir: str) -> dict:
 
 
 def newest_checkpoint_step(run_dir: str) -> int:
-    entries = CheckpointStore(run_dir, keep=1).refresh()
+    entries = RunDir(run_dir).checkpoint_index().refresh()
     return entries[0].step if entries else 0
 
 

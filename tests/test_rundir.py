@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner.rundir import RunDir
+from runner.rundir.layout import RunDir
 
 
 def test_metrics_are_rewritten_at_most_once_a_second_but_the_final_write_always_lands(tmp_path: Path) -> None:

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from runner import job, rundir
-from runner.signals import Preemption
+from runner.rundir import layout
 from runner.spec import load_spec
+from runner.training import session
+from runner.training.events import Listeners
+from runner.training.signals import Preemption
 from tests.helpers import JOBS
 
 
@@ -31,17 +33,17 @@ def test_a_stop_right_after_a_quick_epoch_still_leaves_that_epochs_metrics(
 ) -> None:
     # Epochs shorter than the metrics rate limit (a small model on a GPU): the second epoch's
     # write is held back, and a SIGTERM just after it must not lose it from metrics.jsonl.
-    monkeypatch.setattr(rundir, "METRICS_MIN_INTERVAL_S", 2.0)
-    epoch_end = job._Recorder.epoch_end
+    monkeypatch.setattr(layout, "METRICS_MIN_INTERVAL_S", 2.0)
+    epoch_end = Listeners.epoch_end
 
-    def then_preempted(recorder: job._Recorder, record: dict) -> None:
-        epoch_end(recorder, record)
+    def then_preempted(listeners: Listeners, record: dict) -> None:
+        epoch_end(listeners, record)
         if record["epoch"] == 2:
             os.kill(os.getpid(), signal.SIGTERM)  # as the kubelet would, between two steps
 
-    monkeypatch.setattr(job._Recorder, "epoch_end", then_preempted)
+    monkeypatch.setattr(Listeners, "epoch_end", then_preempted)
     overrides = ["model=mlp", "model_options={}", "epochs=3", "threads=1", "device=cpu", f"checkpoint.dir={tmp_path}"]
     spec = load_spec(str(JOBS / "digits.toml"), overrides)
-    assert job.run(spec, Console(file=io.StringIO()), quiet=True) == 143
+    assert session.run(spec, Console(file=io.StringIO()), quiet=True) == 143
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]

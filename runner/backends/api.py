@@ -1,7 +1,5 @@
-"""Where `runner submit` sends a job, and how the other commands find it again.
-
-Each backend lives in its own module and is imported only when asked for, so local
-use never needs a cluster's client configured.
+"""The backend interface: where `runner submit` sends a job, and how the other commands
+find it again (torchx's scheduler API in small). registry.py picks an implementation.
 """
 
 from __future__ import annotations
@@ -43,13 +41,3 @@ class Backend(Protocol):
         """Stop the run (it saves a checkpoint first). Returns what happened, one line."""
         ...
 
-
-def open_backend(name: str, namespace: str = "default", context: str = "") -> Backend:
-    """The backend called `name` ("local" or "k8s"); a cluster's client is imported only for "k8s"."""
-    if name == "k8s":
-        from runner.backends.k8s import K8sBackend, connect
-
-        return K8sBackend(connect(context or None), namespace)
-    from runner.backends.local import LocalBackend
-
-    return LocalBackend()

@@ -36,7 +36,7 @@ def status(
     json_: JsonOpt = False,
 ) -> None:
     """One run in detail: state, progress, last metrics, checkpoints (k8s: the Job and its pods)."""
-    from runner.backends.api import open_backend
+    from runner.backends.registry import open_backend
     from runner.cli import views
 
     info = open_backend(backend.value, namespace, context).status(run)
@@ -52,7 +52,7 @@ def logs(
     context: ContextOpt = "",
 ) -> None:
     """Print a run's log (local: its run directory's log.txt; k8s: its newest pod's)."""
-    from runner.backends.api import open_backend
+    from runner.backends.registry import open_backend
 
     for line in open_backend(backend.value, namespace, context).logs(run, follow):
         typer.echo(line)
@@ -66,6 +66,6 @@ def cancel(
     context: ContextOpt = "",
 ) -> None:
     """Stop a run: it saves a checkpoint and exits (k8s: also deletes what submit created)."""
-    from runner.backends.api import open_backend
+    from runner.backends.registry import open_backend
 
     typer.echo(open_backend(backend.value, namespace, context).cancel(run))

@@ -8,13 +8,15 @@ from typing import Annotated
 
 import typer
 
+from runner.backends.registry import NAMES as BACKENDS
+
 
 def choices(name: str, values: Iterable[str]) -> type[StrEnum]:
     """A Typer choice type from the constants the owning module declares (never a copy)."""
     return StrEnum(name, {value: value for value in values})  # type: ignore[return-value]
 
 
-Backend = choices("Backend", ("local", "k8s"))
+Backend = choices("Backend", BACKENDS)
 
 SpecArg = Annotated[str, typer.Argument(metavar="SPEC", help="The job spec, a TOML file (e.g. jobs/digits.toml).")]
 SetOpt = Annotated[

@@ -41,7 +41,8 @@ def submit(
     image: ImageOpt = "",
 ) -> None:
     """Submit a job to a backend (default: train on this machine). Resumes from its checkpoints."""
-    from runner.backends.api import Submission, open_backend
+    from runner.backends.api import Submission
+    from runner.backends.registry import open_backend
     from runner.spec import load_spec
 
     resolved = load_spec(spec, set_)  # bad input fails here, before anything starts
@@ -153,7 +154,8 @@ def schedule(
     image: ImageOpt = "",
 ) -> None:
     """Re-run a job on a schedule: a Kubernetes CronJob, each run in its own run directory."""
-    from runner.backends.api import Submission, open_backend
+    from runner.backends.api import Submission
+    from runner.backends.registry import open_backend
     from runner.spec import load_spec
 
     overrides = (*set_, f"schedule.cron={cron}")

@@ -26,6 +26,7 @@ from runner.errors import UserError
 if TYPE_CHECKING:
     from runner.data.preprocessing import Preprocessing
     from runner.rundir.checkpoints import CheckpointIndex
+    from runner.rundir.writer import CheckpointWriter
 
 SPEC = "spec.toml"
 METRICS = "metrics.jsonl"
@@ -58,6 +59,13 @@ class RunDir:
         from runner.rundir.checkpoints import CheckpointIndex
 
         return CheckpointIndex(self.checkpoints_url)
+
+    def checkpoint_writer(self, keep: int) -> CheckpointWriter:
+        """The run's writer of checkpoints, keeping the `keep` newest; a run has one at a time
+        (claim() makes it so). No I/O until it is used."""
+        from runner.rundir.writer import CheckpointWriter
+
+        return CheckpointWriter(self.checkpoints_url, keep)
 
     # -- spec.toml -------------------------------------------------------------
 

@@ -99,7 +99,7 @@ class Session:
             self.heartbeat.log(message)
 
     def run(self, trainer: Trainer, preempted: Preemption, quiet: bool, fresh: bool, overwrite: bool) -> int:
-        from runner.rundir.writer import CheckpointWriter, Fenced
+        from runner.rundir.writer import Fenced
         from runner.training import resume
 
         spec, run_dir, state = self.spec, self.run_dir, trainer.state
@@ -107,7 +107,7 @@ class Session:
         self.heartbeat = heartbeat.Heartbeat(run_dir, lambda: {"epoch": state.epoch, "step": state.step})
         if fresh:
             resume.start_over(run_dir, overwrite)
-        writer = CheckpointWriter(run_dir.checkpoints_url, spec.checkpoint.keep)
+        writer = run_dir.checkpoint_writer(spec.checkpoint.keep)
         if spec.init_from and not writer.refresh():  # a resumed run keeps its own weights
             resume.warm_start(trainer, spec.init_from, run_dir, self.say)
         resumed = resume.claim_and_resume(writer, trainer, spec, self.say)
