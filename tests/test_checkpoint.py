@@ -203,7 +203,9 @@ def test_a_checkpoint_bigger_than_a_chunk_uploads_verified(
     weights = torch.arange(13 * 2**20, dtype=torch.float32)
     assert weights.nbytes > 50 * 2**20
     run = f"{bucket}/runs/big"
-    written = fresh_store(run).commit(encode({"weights": weights}, 'name = "x"\n', {}), {"epoch": 0, "batch": 1, "step": 1})
+    written = fresh_store(run).commit(
+        encode({"weights": weights}, 'name = "x"\n', {}), {"epoch": 0, "batch": 1, "step": 1}
+    )
     reader = RunDir(run).checkpoint_index()
     reader.refresh()
     state, newest = reader.newest_valid(print)

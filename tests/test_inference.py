@@ -132,7 +132,9 @@ def test_predict_feeds_an_image_of_the_models_size_exactly_as_the_data(runs: dic
         paper.append(tmp_path / f"paper-{i}.png")  # dark on light, in colour, with an alpha channel
         Image.fromarray(np.stack([255 - digit] * 3 + [np.full_like(digit, 255)], axis=-1)).save(paper[-1])
     for path in grey + paper:
-        pixels, inverted = images.to_pixels(images.read_image(str(path)), (1, 28, 28), "auto", trained.preprocessing.light_on_dark)
+        pixels, inverted = images.to_pixels(
+            images.read_image(str(path)), (1, 28, 28), "auto", trained.preprocessing.light_on_dark
+        )
         assert inverted == path.name.startswith("paper")
         assert torch.equal(pixels, x[int(path.stem.split("-")[1])])
     expected = torch.softmax(trained.model(x), 1).argmax(1).tolist()

@@ -40,4 +40,3 @@ class Backend(Protocol):
     def cancel(self, run: str) -> str:
         """Stop the run (it saves a checkpoint first). Returns what happened, one line."""
         ...
-

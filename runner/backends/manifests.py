@@ -150,7 +150,11 @@ def _job_spec(spec: JobSpec, image: str, scheduled: bool) -> dict[str, Any]:
                 # Anything else (a crash, an unreachable store) may pass: use a retry.
                 {
                     "action": "Count",
-                    "onExitCodes": {"containerName": CONTAINER, "operator": "NotIn", "values": [int(Exit.OK), int(Exit.BAD_INPUT)]},
+                    "onExitCodes": {
+                        "containerName": CONTAINER,
+                        "operator": "NotIn",
+                        "values": [int(Exit.OK), int(Exit.BAD_INPUT)],
+                    },
                 },
             ]
         },

@@ -41,4 +41,3 @@ class TorchvisionOptions(ModelOptions):
     """Keyword arguments for a torchvision.models constructor (checked when built)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
-

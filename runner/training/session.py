@@ -1,9 +1,9 @@
 """`runner run`: one job, start to finish, in this process.
 
 A `Session` owns what one process of a run has: the spec, the run directory, the
-log, and its place in the job (`Rank`). It wires the engine's events to listeners:
-the progress display everywhere, and the writers (metrics.jsonl, checkpoints,
-log.txt) in the writing process only.
+log, and its place in the job (`Rank`). It wires the engine's events to listeners
+(the progress display, metrics.jsonl, checkpoints, log.txt), which only the writing
+process (rank 0) is given.
 
 Everything that can be wrong with the input (device, data, model, a checkpoint of
 another job) is checked before the run directory is written, so bad input writes
@@ -161,11 +161,10 @@ class Session:
         checkpointer = Checkpointer(writer, snapshot, ckpt.every_steps, ckpt.every_seconds, state.step, self.say)
         try:
             with ProgressDisplay(self.console, spec.epochs, quiet) as display:
-                # In the order things happen at an epoch's end: its metrics, its checkpoint, its line.
-                writers = [MetricsFile(run_dir, state, self.say), Checkpoints(checkpointer, state)]
-                listeners = Listeners(
-                    [*writers, display, LogFile(self.log, spec.epochs)] if self.rank.is_writer else [display]
-                )
+                # Rank 0 alone reports and writes; the others train. In the order things happen
+                # at an epoch's end: its metrics, its checkpoint, its line on screen, in log.txt.
+                writes = [MetricsFile(run_dir, state, self.say), Checkpoints(checkpointer, state)]
+                listeners = Listeners([*writes, display, LogFile(self.log, spec.epochs)] if self.rank.is_writer else [])
                 finished = trainer.fit(listeners, preempted)
                 test = trainer.evaluate(trainer.test, preempted) if finished else None
             if test is None:
@@ -180,9 +179,7 @@ class Session:
         metadata = weights_metadata(spec.model, spec.model_options, spec.data.dataset, preprocessing)
         run_dir.write_final(state.model.state_dict(), metadata)
         run_dir.write_metrics([*state.history, final], final=True)  # last: the final record means "done"
-        self.say(
-            f"done: test_acc {test_acc:.2%} (test_loss {test_loss:.4f}); weights at {run_dir.path(FINAL_WEIGHTS)}"
-        )
+        self.say(f"done: test_acc {test_acc:.2%} (test_loss {test_loss:.4f}); weights at {run_dir.path(FINAL_WEIGHTS)}")
         return Exit.OK
 
     def _emergency_save(self, checkpointer: Checkpointer, step: int, signum: int | None) -> int:
