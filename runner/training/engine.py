@@ -113,6 +113,9 @@ class TrainState:
 
 
 class Trainer:
+    """The loop: trains `model` on `data` as `cfg` says, on `placement`'s device, reporting to a
+    `Listener`. Holds the splits on the device (uint8) and all training state in `state`."""
+
     def __init__(self, cfg: TrainSpec, model: nn.Module, data: Dataset, placement: Placement):
         self.cfg, self.placement, self.info = cfg, placement, data.info
         self.device = torch.device(placement.device)
