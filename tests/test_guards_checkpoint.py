@@ -19,27 +19,29 @@ from pathlib import Path
 import torch
 
 from runner import storage
-from runner.checkpoint import KEEP_RECORDS, CheckpointStore, Corrupt, Entry, Fenced, encode
+from runner.rundir.checkpoints import Corrupt, Entry
+from runner.rundir.layout import RunDir
+from runner.rundir.writer import KEEP_RECORDS, CheckpointWriter, Fenced, encode
 from tests.helpers import JOBS, REPO
 
 # Bytes that cannot turn up by chance in a payload: 4096 float32s counting up from 1e6.
 MARKER = torch.arange(1_000_000, 1_004_096, dtype=torch.float32)
 
 
-def commit(store: CheckpointStore, step: int) -> Entry:
+def commit(store: CheckpointWriter, step: int) -> Entry:
     state = {"marker": MARKER, "weights": torch.full((64,), float(step))}
-    return store.commit(encode(state, 'name = "x"\n'), {"epoch": 0, "batch": step, "step": step})
+    return store.commit(encode(state, 'name = "x"\n', {}), {"epoch": 0, "batch": step, "step": step})
 
 
-def claimed(run: str, keep: int = 3) -> CheckpointStore:
-    store = CheckpointStore(run, keep)
+def claimed(run: str, keep: int = 3) -> CheckpointWriter:
+    store = RunDir(run).checkpoint_writer(keep)
     store.refresh()
     store.claim(store.entries[0].file if store.entries else None)
     return store
 
 
 def test_a_byte_flipped_in_tensor_data_is_caught_by_the_md5_and_resume_falls_back(bucket: str) -> None:
-    """Mutation: CheckpointStore.load without the MD5 comparison (the size check kept)."""
+    """Mutation: CheckpointIndex.load without the MD5 comparison (the size check kept)."""
     run = f"{bucket}/runs/a"
     store = claimed(run)
     commit(store, 5)
@@ -57,7 +59,7 @@ def test_a_byte_flipped_in_tensor_data_is_caught_by_the_md5_and_resume_falls_bac
     loaded = torch.load(io.BytesIO(damaged), map_location="cpu", weights_only=True)
     assert not torch.equal(loaded["state"]["marker"], MARKER)
 
-    reader = CheckpointStore(run, keep=3)
+    reader = RunDir(run).checkpoint_index()
     assert [e.step for e in reader.refresh()] == [10, 5]
     warnings: list[str] = []
     state, found = reader.newest_valid(warnings.append)
@@ -70,7 +72,7 @@ def test_a_byte_flipped_in_tensor_data_is_caught_by_the_md5_and_resume_falls_bac
 
 
 def test_a_zombie_whose_next_record_was_pruned_is_still_fenced_and_deletes_nothing(bucket: str) -> None:
-    """Mutation: in CheckpointStore.commit, `!= self.seq` weakened to `< self.seq`.
+    """Mutation: in CheckpointWriter.commit, `!= self.seq` weakened to `< self.seq`.
 
     The zombie's next seq was pruned by the newer writer, so create-only no longer
     catches it; only the "newest record is not ours" check does.
@@ -89,7 +91,7 @@ def test_a_zombie_whose_next_record_was_pruned_is_still_fenced_and_deletes_nothi
         commit(zombie, 99)  # the zombie wakes up
     except Fenced:
         fenced = True
-    reader = CheckpointStore(run, keep=3)
+    reader = RunDir(run).checkpoint_index()
     entries = reader.refresh()
     assert reader.seq == newer.seq, f"the newest record is {reader.seq}, not the newer writer's {newer.seq}"
     assert [e.step for e in entries] == [KEEP_RECORDS + 3, KEEP_RECORDS + 2, KEEP_RECORDS + 1, 1]
@@ -190,7 +192,7 @@ def test_a_resumed_run_keeps_the_checkpoint_it_resumed_from_while_it_saves_more(
     assert record["pinned"] == resumed_from
     files = [e["file"] for e in record["checkpoints"]]
     assert resumed_from in files, f"the checkpoint resumed from ({resumed_from}) was pruned; kept: {files}"
-    store = CheckpointStore(str(run_dir), keep=1)
+    store = RunDir(str(run_dir)).checkpoint_index()
     store.refresh()
     pinned = next(e for e in store.entries if e.file == resumed_from)
     assert store.load(pinned)["state"] is not None and pinned.step == stopped

@@ -28,11 +28,11 @@ STEPS_PER_EPOCH = 41  # 1294 training digits in batches of 32
 
 
 def run_in_process(run_dir: Path, console_out: io.StringIO) -> int:
-    from runner import job
     from runner.spec import load_spec
+    from runner.training import session
 
     spec = load_spec(str(JOBS / "digits.toml"), [*SMALL, "epochs=1", f"checkpoint.dir={run_dir}"])
-    return job.run(spec, Console(file=console_out, soft_wrap=True, width=200), quiet=True)
+    return session.run(spec, Console(file=console_out, soft_wrap=True, width=200), quiet=True)
 
 
 def metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -42,10 +42,10 @@ def metrics(run_dir: Path) -> list[dict[str, Any]]:
 def test_sigterm_during_the_final_test_evaluation_saves_exits_143_and_resumes_exactly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Mutation: job.py `_train` calls `trainer.evaluate(trainer.test)` (the stop ignored):
+    """Mutation: training/session.py `Session._train` calls `trainer.evaluate(trainer.test)` (the stop ignored):
     the run then exits 0 with final weights instead of 143."""
-    from runner.checkpoint import CheckpointStore
-    from runner.engine import Trainer
+    from runner.rundir.layout import RunDir
+    from runner.training.engine import Trainer
 
     original = Trainer.evaluate
     calls: list[tuple[str, int | None]] = []
@@ -72,7 +72,7 @@ def test_sigterm_during_the_final_test_evaluation_saves_exits_143_and_resumes_ex
     assert not (stopped_dir / "final").exists()
     records = metrics(stopped_dir)
     assert [r["epoch"] for r in records] == [1] and all("test_acc" not in r for r in records)
-    assert CheckpointStore(str(stopped_dir), keep=1).refresh()[0].step == STEPS_PER_EPOCH
+    assert RunDir(str(stopped_dir)).checkpoint_index().refresh()[0].step == STEPS_PER_EPOCH
     assert json.loads((stopped_dir / "status.json").read_text())["state"] == "preempted"
 
     monkeypatch.undo()
@@ -95,13 +95,13 @@ def test_sigterm_during_the_final_test_evaluation_saves_exits_143_and_resumes_ex
 
 
 def test_each_epoch_trains_on_the_batches_epoch_order_gives(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Mutation: engine.py `_fit` uses `epoch_order(n, self.cfg.seed, 0)`: epoch 2 repeats
+    """Mutation: training/engine.py `_fit` uses `epoch_order(n, self.cfg.seed, 0)`: epoch 2 repeats
     epoch 1's batches, which this test sees."""
     import torch
 
-    from runner.engine import epoch_order
-    from runner.job import build_trainer
     from runner.spec import load_spec
+    from runner.training.engine import epoch_order
+    from runner.training.session import build_trainer
 
     seed, epochs = 3, 2  # not the default seed: the spec's seed is the one used
     t = build_trainer(load_spec(str(JOBS / "digits.toml"), [*SMALL, f"epochs={epochs}", f"seed={seed}"]))
@@ -141,7 +141,7 @@ IMAGE = "us-docker.pkg.dev/my-project/ml/runner:0123456789abcdef"
 
 def rendered_job_specs() -> list[dict[str, Any]]:
     """The Job spec of a plain Job and of a CronJob's job template, as runner renders them."""
-    from runner.manifests import render
+    from runner.backends.manifests import render
     from runner.spec import load_spec, to_toml
 
     specs = []
@@ -240,7 +240,7 @@ COMMANDS = {
 @pytest.mark.parametrize("command", COMMANDS)
 def test_commands_that_do_not_train_import_no_torch(command: str, request: pytest.FixtureRequest) -> None:
     """Mutations: `import torch` at the top of runner/spec.py fails the validate cases;
-    at the top of runner/runs.py fails ls; at the top of runner/cli.py fails all four."""
+    at the top of runner/rundir/summary.py fails ls; at the top of runner/cli/app.py fails all four."""
     args, expected = COMMANDS[command]
     if command == "ls":
         runs = request.getfixturevalue("finished_run")
@@ -255,7 +255,7 @@ def test_commands_that_do_not_train_import_no_torch(command: str, request: pytes
     # The output is there to read (not vacuously empty): the command's own modules appear in it.
     assert "runner.cli" in modules and "typer" in modules, result.stderr[-3000:]
     if command == "ls":
-        assert "runner.runs" in modules and "runner.checkpoint" in modules
+        assert "runner.rundir.summary" in modules and "runner.rundir.checkpoints" in modules
         (row,) = [line for line in result.stdout.splitlines() if line.startswith(f"{args[1]}/x ")]
         assert row.split()[1:4] == ["done", "1/1", "21/21"], result.stdout  # the finished run, listed
     if command.startswith("validate"):
