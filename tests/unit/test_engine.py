@@ -14,14 +14,9 @@ from runner.device import COMPILERS, check_compile
 from runner.errors import UserError
 from runner.spec import load_spec
 from runner.training.engine import Trainer, epoch_order
+from runner.training.events import Listener
 from runner.training.session import build_trainer
 from tests.helpers import JOBS
-
-
-class Quiet:
-    def epoch_start(self, epoch: int, batch: int, batches: int) -> None: ...
-    def step(self, batch: int, running: Any) -> None: ...
-    def epoch_end(self, record: dict[str, Any]) -> None: ...
 
 
 def trainer(*overrides: str) -> Trainer:
@@ -61,7 +56,7 @@ def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch() -> None:
 
 def test_it_learns() -> None:
     t = trainer("model=mlp", "model_options={}", "epochs=3")
-    assert t.fit(Quiet())
+    assert t.fit(Listener())
     losses = [r["train_loss"] for r in t.state.history]
     assert losses[0] > losses[1] > losses[2]
     assert t.state.history[-1]["val_acc"] > 0.85
@@ -73,11 +68,11 @@ def test_it_learns() -> None:
 
 def test_same_spec_and_seed_give_bitwise_identical_weights() -> None:
     a, b = trainer("epochs=1"), trainer("epochs=1")
-    a.fit(Quiet())
-    b.fit(Quiet())
+    a.fit(Listener())
+    b.fit(Listener())
     assert same_weights(a, b)
     c = trainer("epochs=1", "seed=1")
-    c.fit(Quiet())
+    c.fit(Listener())
     assert not same_weights(a, c)
 
 
@@ -93,7 +88,7 @@ RESUMABLE = [
 def test_stopped_and_restored_anywhere_ends_identical(setup: tuple[str, ...]) -> None:
     overrides = ("epochs=2", "batch_size=64", *setup)
     straight = trainer(*overrides)
-    assert straight.fit(Quiet())
+    assert straight.fit(Listener())
     batches = straight.batches  # 21
 
     # Two stops inside the first epoch, one during its evaluation (spd #741: preemptions
@@ -101,12 +96,12 @@ def test_stopped_and_restored_anywhere_ends_identical(setup: tuple[str, ...]) ->
     # into a freshly built trainer (a new process, in effect).
     t = trainer(*overrides)
     for stop in (5, 12, batches, batches + 3):
-        assert not t.fit(Quiet(), stop_at(stop, t))
+        assert not t.fit(Listener(), stop_at(stop, t))
         assert t.state.step == stop
         if stop == batches:  # stopped in the evaluation, not after it at the next epoch's start
             assert (t.state.epoch, t.state.batch, t.state.history) == (0, batches, [])
         t = reload(t, *overrides)
-    assert t.fit(Quiet())
+    assert t.fit(Listener())
 
     assert same_weights(straight, t)
     assert without_timing(t.state.history) == without_timing(straight.state.history)
@@ -115,7 +110,7 @@ def test_stopped_and_restored_anywhere_ends_identical(setup: tuple[str, ...]) ->
 
 def test_restoring_overwrites_a_different_initialisation() -> None:
     t = trainer("epochs=1")
-    assert not t.fit(Quiet(), stop_at(3, t))
+    assert not t.fit(Listener(), stop_at(3, t))
     restored = reload(t, "seed=7")  # built from another seed, then restored
     assert same_weights(t, restored)
     assert (restored.state.epoch, restored.state.batch, restored.state.step) == (0, 3, 3)
@@ -127,7 +122,7 @@ def test_the_loss_scaling_path_scales_and_unscales_exactly() -> None:
     plain, scaled = trainer("epochs=1"), trainer("epochs=1")
     scaled.state.scaler = torch.amp.GradScaler("cpu", enabled=True)
     for t in (plain, scaled):
-        assert not t.fit(Quiet(), stop_at(6, t))
+        assert not t.fit(Listener(), stop_at(6, t))
     assert scaled.state.scaler.get_scale() == 2.0**16  # no overflow seen, so never backed off
     assert same_weights(plain, scaled)
 
@@ -136,13 +131,13 @@ def test_bf16_autocast_trains_fp32_weights_deterministically() -> None:
     # The GPU default (bf16 autocast) runs here on the CPU's autocast: same code path.
     a, b = trainer("precision=bf16", "epochs=2"), trainer("precision=bf16", "epochs=2")
     for t in (a, b):
-        assert t.fit(Quiet())
+        assert t.fit(Listener())
     assert a.amp_dtype == torch.bfloat16
     assert all(p.dtype == torch.float32 for p in a.state.model.parameters())  # master weights stay fp32
     assert same_weights(a, b)
     assert a.state.history[-1]["val_acc"] > 0.5  # chance is 0.10
     fp32 = trainer("epochs=2")
-    fp32.fit(Quiet())
+    fp32.fit(Listener())
     assert not same_weights(a, fp32)  # autocast did change the arithmetic
 
 
@@ -163,7 +158,7 @@ def test_a_training_step_never_waits_for_the_device(monkeypatch: pytest.MonkeyPa
             return _original(self, *args)
 
         monkeypatch.setattr(torch.Tensor, name, counting)
-    assert not t.fit(Quiet(), stop_at(10, t))
+    assert not t.fit(Listener(), stop_at(10, t))
     assert t.state.step == 10 and reads == []
     t.state.running.means()
     assert reads == ["item", "item"]  # the counting itself works
@@ -184,7 +179,7 @@ def test_compile_wraps_the_forward_pass_and_leaves_the_state_plain(monkeypatch: 
         plain, with_compile = trainer("epochs=1"), trainer("epochs=1", "compile=true")
         assert compiled == [with_compile.state.model] and plain.forward is plain.state.model
         for t in (plain, with_compile):
-            assert not t.fit(Quiet(), stop_at(4, t))
+            assert not t.fit(Listener(), stop_at(4, t))
         assert same_weights(plain, with_compile)  # the same computation, compiled or not
         assert with_compile.evaluate(with_compile.test) == plain.evaluate(plain.test)
         # Checkpoints and weights hold the model's own names, not the compiled wrapper's.
@@ -222,3 +217,45 @@ def test_compile_needs_a_compiler(
             check_compile(kind, find)
     monkeypatch.setenv("CXX" if kind == "cpu" else "CC", "/opt/bin/my-compiler")
     check_compile(kind, find)  # the environment variable names one
+
+
+SMALL = ["device=cpu", "threads=1", "batch_size=32", "model_options={channels=[8,16],hidden=64}"]
+STEPS_PER_EPOCH = 41  # 1294 training digits in batches of 32
+
+
+# -- each epoch's sample order -------------------------------------------------------------
+
+
+def test_each_epoch_trains_on_the_batches_epoch_order_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mutation: training/engine.py `_fit` uses `epoch_order(n, self.cfg.seed, 0)`: epoch 2 repeats
+    epoch 1's batches, which this test sees."""
+    import torch
+
+    from runner.spec import load_spec
+    from runner.training.engine import epoch_order
+    from runner.training.session import build_trainer
+
+    seed, epochs = 3, 2  # not the default seed: the spec's seed is the one used
+    t = build_trainer(load_spec(str(JOBS / "digits.toml"), [*SMALL, f"epochs={epochs}", f"seed={seed}"]))
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    step = t._step
+
+    def recording(x: torch.Tensor, y: torch.Tensor) -> None:
+        seen.append((x.clone(), y.clone()))
+        step(x, y)
+
+    monkeypatch.setattr(t, "_step", recording)
+
+    assert t.fit(Listener())
+    n, bs = len(t.train), t.cfg.batch_size
+    assert t.batches == STEPS_PER_EPOCH and len(seen) == epochs * t.batches
+    orders = [epoch_order(n, seed, e) for e in range(epochs)]
+    assert not torch.equal(orders[0], orders[1])
+    for e in range(epochs):
+        for b in range(t.batches):
+            x, y = seen[e * t.batches + b]
+            idx = orders[e][b * bs : (b + 1) * bs]
+            same = torch.equal(x, t.train.x.index_select(0, idx)) and torch.equal(y, t.train.y.index_select(0, idx))
+            assert same, f"epoch {e + 1}, batch {b}: not the samples epoch_order({n}, {seed}, {e}) puts there"
+    # What the trainer used really did differ between the epochs, batch by batch.
+    assert not any(torch.equal(seen[b][1], seen[t.batches + b][1]) for b in range(t.batches - 1))

@@ -4,6 +4,7 @@ that was never interrupted. Checkpoints go to the GCS emulator over HTTP."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -206,3 +207,96 @@ def test_a_store_that_goes_down_for_a_while_is_survived(reference: dict, gcs_emu
     assert code == 0, out
     assert proxy.refused >= 5  # the outage was felt
     assert same_tensors(final_weights(run_dir), reference)
+
+
+# -- retention in a real run, stopped and resumed ------------------------------------------------------
+
+KEEP_ONE = [
+    "--set=checkpoint.keep=1",
+    "--set=checkpoint.every_steps=3",
+    "--set=device=cpu",
+    "--set=threads=1",
+    "--set=batch_size=32",
+    "--set=epochs=2",
+    "--quiet",
+]
+
+
+class Run:
+    """The real `runner run` in a subprocess; its output collected by a thread as it comes."""
+
+    def __init__(self, run_dir: Path):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runner", "run", str(JOBS / "digits.toml"), *KEEP_ONE,
+             f"--set=checkpoint.dir={run_dir}"],
+            cwd=run_dir.parent, env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, what: str, until, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while not until():
+            assert self.proc.poll() is None, f"exited {self.proc.returncode} before {what}:\n{self.output}"
+            assert time.monotonic() < deadline, f"no {what} in {timeout} s:\n{self.output}"
+            time.sleep(0.02)
+
+    def stop(self, timeout: float = 60) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        self.reader.join(10)
+        return code
+
+
+def newest_record(run_dir: Path) -> dict | None:
+    records = sorted((run_dir / "checkpoints" / "commits").glob("*.json"))
+    for path in reversed(records):  # a record pruned meanwhile: the one before is still newer than we need
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            continue
+    return None
+
+
+def test_a_resumed_run_keeps_the_checkpoint_it_resumed_from_while_it_saves_more(tmp_path: Path) -> None:
+    """Mutation: checkpoint.retain without `or e.file == pinned`."""
+    run_dir = tmp_path / "run"
+    first = Run(run_dir)
+    first.wait_for("committed checkpoint", lambda: bool((newest_record(run_dir) or {}).get("checkpoints")))
+    code = first.stop()
+    assert code == 143, first.output
+    stopped = int(re.search(r"stopped by SIGTERM at step (\d+): checkpoint", first.output)[1])
+
+    second = Run(run_dir)
+    resumed_line = re.compile(r"resumed from step (\d+) \(epoch \d+, batch \d+\) of (\S+\.pt)")
+    second.wait_for("resume line", lambda: resumed_line.search(second.output))
+    step, resumed_from = resumed_line.search(second.output).groups()
+    assert int(step) == stopped, second.output
+    claim_seq = newest_record(run_dir)["seq"]  # the claim is written before the line is printed
+    second.wait_for("3 more commits", lambda: newest_record(run_dir)["seq"] >= claim_seq + 3)
+    assert second.stop() == 143, second.output
+
+    record = newest_record(run_dir)
+    assert record["seq"] >= claim_seq + 3
+    assert record["pinned"] == resumed_from
+    files = [e["file"] for e in record["checkpoints"]]
+    assert resumed_from in files, f"the checkpoint resumed from ({resumed_from}) was pruned; kept: {files}"
+    store = RunDir(str(run_dir)).checkpoint_index()
+    store.refresh()
+    pinned = next(e for e in store.entries if e.file == resumed_from)
+    assert store.load(pinned)["state"] is not None and pinned.step == stopped

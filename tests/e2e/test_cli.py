@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from safetensors import safe_open
 
 from runner.spec import load_spec
@@ -150,3 +151,62 @@ def test_init_from_previous_warm_starts_a_new_run_from_the_newest_finished_one(t
     wrong = runner_cli("submit", spec, *MLP, "--set", "model_options={hidden=[8]}", "--set", "init_from=runs/nightly/a",
                        "--set", "checkpoint.dir=runs/d", cwd=tmp_path)  # fmt: skip
     assert wrong.returncode == 2 and "do not fit this model" in wrong.stderr
+
+
+# -- commands that must not import torch, run for real -------------------------------------
+
+TORCH_PACKAGES = {"torch", "torchvision", "functorch", "torchaudio"}
+
+
+def imported_modules(stderr: str) -> list[str]:
+    """Module names from `python -X importtime` output: the last column of its lines."""
+    return [line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding one finished run directory (a small MLP, one epoch)."""
+    base = tmp_path_factory.mktemp("ls")
+    result = subprocess.run(
+        [sys.executable, "-m", "runner", "run", str(JOBS / "digits.toml"), "--set=epochs=1", "--set=model=mlp",
+         "--set=model_options={}", "--set=threads=1", "--set=device=cpu", "--set=checkpoint.dir=runs/x", "--quiet"],
+        cwd=base, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (base / "runs" / "x" / "final" / "model.safetensors").exists()
+    return base / "runs"
+
+
+COMMANDS = {
+    "validate-cnn": (["validate", "jobs/cnn.toml"], "ok: jobs/cnn.toml (cnn on mnist"),
+    "validate-cifar10": (["validate", "jobs/cifar10.toml"], "ok: jobs/cifar10.toml (resnet18 on cifar10"),
+    "help": (["--help"], "Usage:"),
+    "ls": (["ls", "{runs}"], "state"),
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_commands_that_do_not_train_import_no_torch(command: str, request: pytest.FixtureRequest) -> None:
+    """Mutations: `import torch` at the top of runner/spec.py fails the validate cases;
+    at the top of runner/rundir/summary.py fails ls; at the top of runner/cli/app.py fails all four."""
+    args, expected = COMMANDS[command]
+    if command == "ls":
+        runs = request.getfixturevalue("finished_run")
+        args = [a.format(runs=runs) for a in args]
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "runner", *args],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert expected in result.stdout, result.stdout
+    modules = imported_modules(result.stderr)
+    # The output is there to read (not vacuously empty): the command's own modules appear in it.
+    assert "runner.cli" in modules and "typer" in modules, result.stderr[-3000:]
+    if command == "ls":
+        assert "runner.rundir.summary" in modules and "runner.rundir.checkpoints" in modules
+        (row,) = [line for line in result.stdout.splitlines() if line.startswith(f"{args[1]}/x ")]
+        assert row.split()[1:4] == ["done", "1/1", "21/21"], result.stdout  # the finished run, listed
+    if command.startswith("validate"):
+        assert "runner.spec" in modules
+    torch_like = [m for m in modules if m.split(".")[0] in TORCH_PACKAGES]
+    assert torch_like == [], f"{' '.join(args)} imported {sorted({m.split('.')[0] for m in torch_like})}"

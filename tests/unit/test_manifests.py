@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -14,7 +15,7 @@ from runner.backends.manifests import render, to_yaml
 from runner.spec import load_spec, to_toml
 from tests.helpers import JOBS, REPO, runner_cli
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parents[1] / "golden"  # tests/golden
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"  # regenerate golden files and k8s/ after a deliberate change
 IMAGE = "us-docker.pkg.dev/my-project/ml/runner:0123456789abcdef"
 BUCKET = "checkpoint.dir=gs://my-bucket/runs/cnn"
@@ -129,3 +130,72 @@ def test_kustomization_lists_the_rendered_files() -> None:
     kustomization = yaml.safe_load((REPO / "k8s" / "kustomization.yaml").read_text())
     assert kustomization["resources"] == list(K8S)
     assert kustomization["images"][0]["name"] == "runner"
+
+
+# -- the Job's podFailurePolicy ------------------------------------------------------------
+
+
+def rendered_job_specs() -> list[dict[str, Any]]:
+    """The Job spec of a plain Job and of a CronJob's job template, as runner renders them."""
+    from runner.backends.manifests import render
+    from runner.spec import load_spec, to_toml
+
+    specs = []
+    for extra in ([], ["schedule.cron=0 3 * * *"]):
+        spec = load_spec(str(JOBS / "cnn.toml"), ["checkpoint.dir=gs://my-bucket/runs/cnn", *extra])
+        _, workload = render(spec, to_toml(spec), IMAGE)
+        specs.append(workload["spec"] if workload["kind"] == "Job" else workload["spec"]["jobTemplate"]["spec"])
+    return specs
+
+
+def first_matching_action(rules: list[dict[str, Any]], exit_code: int, conditions: set[str]) -> str | None:
+    """What Kubernetes does with a failed pod: the first rule that matches decides."""
+    for rule in rules:
+        if "onPodConditions" in rule:
+            if any(c["type"] in conditions for c in rule["onPodConditions"]):
+                return rule["action"]
+            continue
+        on = rule["onExitCodes"]
+        matched = exit_code in on["values"] if on["operator"] == "In" else exit_code not in on["values"]
+        if exit_code != 0 and matched:
+            return rule["action"]
+    return None
+
+
+def test_the_pod_failure_policy_rule_by_rule() -> None:
+    """Mutations: the FailJob rule's values `[BAD_INPUT]` -> `[1]`; the DisruptionTarget
+    rule's action "Ignore" -> "Count". Both fail here. No golden file is involved, so
+    UPDATE_GOLDEN=1 cannot turn this test into a self-comparison."""
+    for job_spec in rendered_job_specs():
+        rules = job_spec["podFailurePolicy"]["rules"]
+        assert len(rules) == 3
+        ignore, fail, count = rules  # the order matters: the first matching rule decides
+
+        assert ignore["action"] == "Ignore"
+        assert ignore["onPodConditions"] == [{"type": "DisruptionTarget"}]
+        assert "onExitCodes" not in ignore and set(ignore) == {"action", "onPodConditions"}
+
+        assert fail["action"] == "FailJob" and set(fail) == {"action", "onExitCodes"}
+        assert fail["onExitCodes"]["containerName"] == "runner"
+        assert fail["onExitCodes"]["operator"] == "In"
+        assert fail["onExitCodes"]["values"] == [2]  # bad input: runner's exit code 2
+        assert 143 not in fail["onExitCodes"]["values"]
+
+        assert count["action"] == "Count" and set(count) == {"action", "onExitCodes"}
+        assert count["onExitCodes"]["containerName"] == "runner"
+        assert count["onExitCodes"]["operator"] == "NotIn"
+        assert count["onExitCodes"]["values"] == [0, 2]
+
+        containers = {c["name"] for c in job_spec["template"]["spec"]["containers"]}
+        assert containers == {"runner"}  # the rules name the container that exists
+
+        # What that means for each way a pod can end, rules evaluated as Kubernetes does.
+        assert first_matching_action(rules, 2, set()) == "FailJob"
+        # 143 (stopped by SIGTERM, checkpoint saved): never fails the Job; a preempted pod
+        # (DisruptionTarget) is free, any other SIGTERM counts as one of `retries`.
+        assert first_matching_action(rules, 143, {"DisruptionTarget"}) == "Ignore"
+        assert first_matching_action(rules, 143, set()) == "Count"
+        assert first_matching_action(rules, 137, {"DisruptionTarget"}) == "Ignore"
+        assert first_matching_action(rules, 2, {"DisruptionTarget"}) == "Ignore"  # preempted while starting
+        assert first_matching_action(rules, 1, set()) == "Count"
+        assert first_matching_action(rules, 137, set()) == "Count"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import urllib.request
@@ -13,9 +14,9 @@ import torch
 
 from runner import storage
 from runner.errors import RunFailed
-from runner.rundir.checkpoints import Entry
+from runner.rundir.checkpoints import Corrupt, Entry
 from runner.rundir.layout import RunDir
-from runner.rundir.writer import CheckpointWriter, Fenced, encode, retain
+from runner.rundir.writer import KEEP_RECORDS, CheckpointWriter, Fenced, encode, retain
 from runner.spec import load_spec, resume_conflicts
 from runner.training.checkpointer import Checkpointer, due
 from tests.helpers import JOBS
@@ -257,3 +258,84 @@ def test_a_failing_store_is_retried_in_the_background_and_the_final_save_fails_l
     saver.wait()
     saver.close()
     assert not saver.pending and [e.step for e in RunDir(str(run)).checkpoint_index().refresh()] == [2]
+
+
+# Bytes that cannot turn up by chance in a payload: 4096 float32s counting up from 1e6.
+MARKER = torch.arange(1_000_000, 1_004_096, dtype=torch.float32)
+
+
+def commit_marked(store: CheckpointWriter, step: int) -> Entry:
+    state = {"marker": MARKER, "weights": torch.full((64,), float(step))}
+    return store.commit(encode(state, 'name = "x"\n', {}), {"epoch": 0, "batch": step, "step": step})
+
+
+def claimed(run: str, keep: int = 3) -> CheckpointWriter:
+    store = RunDir(run).checkpoint_writer(keep)
+    store.refresh()
+    store.claim(store.entries[0].file if store.entries else None)
+    return store
+
+
+def test_a_byte_flipped_in_tensor_data_is_caught_by_the_md5_and_resume_falls_back(bucket: str) -> None:
+    """Mutation: CheckpointIndex.load without the MD5 comparison (the size check kept)."""
+    run = f"{bucket}/runs/a"
+    store = claimed(run)
+    commit_marked(store, 5)
+    newest = commit_marked(store, 10)
+    url = storage.join(store.dir, newest.file)
+    data = storage.read_bytes(url)
+    raw = MARKER.numpy().tobytes()
+    start = data.find(raw)
+    assert start > 0 and data.find(raw, start + 1) == -1, "the marker's storage is in the payload, once"
+    at = start + len(raw) // 2  # deep inside the tensor's data: no header or zip metadata near
+    damaged = data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
+    storage.write_bytes(url, damaged)
+    assert len(storage.read_bytes(url)) == newest.size  # the size check cannot see it
+    # Control: the damage is invisible to torch.load; only the MD5 can tell.
+    loaded = torch.load(io.BytesIO(damaged), map_location="cpu", weights_only=True)
+    assert not torch.equal(loaded["state"]["marker"], MARKER)
+
+    reader = RunDir(run).checkpoint_index()
+    assert [e.step for e in reader.refresh()] == [10, 5]
+    warnings: list[str] = []
+    state, found = reader.newest_valid(warnings.append)
+    assert found.step == 5, f"resumed from step {found.step}, a checkpoint with a damaged tensor"
+    assert torch.equal(state["state"]["weights"], torch.full((64,), 5.0))
+    assert torch.equal(state["state"]["marker"], MARKER)
+    assert len(warnings) == 1, warnings
+    assert f"checkpoint at step 10 ({newest.file}) is unusable" in warnings[0] and "falling back" in warnings[0]
+    assert f"MD5 {storage.md5(damaged)}, committed as {newest.size} bytes, {newest.md5}" in warnings[0]
+
+
+def test_a_zombie_whose_next_record_was_pruned_is_still_fenced_and_deletes_nothing(bucket: str) -> None:
+    """Mutation: in CheckpointWriter.commit, `!= self.seq` weakened to `< self.seq`.
+
+    The zombie's next seq was pruned by the newer writer, so create-only no longer
+    catches it; only the "newest record is not ours" check does.
+    """
+    run = f"{bucket}/runs/a"
+    zombie = claimed(run)  # record 1
+    commit_marked(zombie, 1)  # record 2
+    newer = claimed(run)  # the retried pod: record 3, pinned to the zombie's checkpoint
+    for step in range(2, 2 + KEEP_RECORDS + 2):  # records 4..25: records 1..5 are pruned
+        commit_marked(newer, step)
+    records = storage.list_names(newer.records)
+    assert f"{zombie.seq + 1:010d}.json" not in records, records  # the zombie's next seq is free again
+
+    fenced = False
+    try:
+        commit_marked(zombie, 99)  # the zombie wakes up
+    except Fenced:
+        fenced = True
+    reader = RunDir(run).checkpoint_index()
+    entries = reader.refresh()
+    assert reader.seq == newer.seq, f"the newest record is {reader.seq}, not the newer writer's {newer.seq}"
+    assert [e.step for e in entries] == [KEEP_RECORDS + 3, KEEP_RECORDS + 2, KEEP_RECORDS + 1, 1]
+    unusable = []
+    for e in entries:
+        try:
+            reader.load(e)
+        except Corrupt as error:
+            unusable.append(f"step {e.step} ({e.file}): {error}")
+    assert not unusable, f"the newest record lists checkpoints the zombie destroyed: {unusable}"
+    assert fenced, "the zombie committed on top of the newer attempt instead of being fenced"
