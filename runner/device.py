@@ -69,7 +69,7 @@ def resolve_precision(requested: str, device: str, acc: Accelerators) -> str:
 def place(device: str, precision: str, acc: Accelerators) -> Placement:
     resolved = resolve_device(device, acc)
     # channels_last speeds up convolutions on CUDA tensor cores, and on a CPU through oneDNN
-    # (measured on one core: the MNIST CNN's step 1.35x faster, with runner/nets.py pooling
+    # (measured on one core: the MNIST CNN's step 1.35x faster, with runner/models/nets.py pooling
     # before ReLU; resnet18 unchanged; an MLP unaffected). MPS has had bugs with it.
     return Placement(resolved, resolve_precision(precision, resolved, acc), not resolved.startswith("mps"))
 
