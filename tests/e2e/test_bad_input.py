@@ -113,6 +113,22 @@ def test_unknown_cli_option_exits_2(tmp_path: Path) -> None:
 # Bad input only this machine can reveal: found after the spec validated, before the run dir.
 
 
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"RANK": "1", "WORLD_SIZE": "2"}, "WORLD_SIZE=2: this runner trains in one process"),
+        ({"RANK": "3", "WORLD_SIZE": "2"}, "torchrun's environment: RANK=3, LOCAL_RANK=0 do not fit WORLD_SIZE=2"),
+    ],
+    ids=["several-processes", "rank-out-of-range"],
+)
+def test_a_launch_across_processes_is_refused_before_anything_is_written(
+    env: dict[str, str], expected: str, tmp_path: Path
+) -> None:
+    # Without DDP, N processes would each train the same job into one run directory.
+    (tmp_path / "job.toml").write_text(GOOD)
+    _assert_clean_exit_2(runner_cli("run", "job.toml", cwd=tmp_path, env=env), expected, tmp_path)
+
+
 def test_cuda_without_a_gpu_is_bad_input_not_a_cpu_run(tmp_path: Path) -> None:
     (tmp_path / "job.toml").write_text(GOOD.replace("epochs = 1", 'device = "cuda"'))
     result = runner_cli("submit", "job.toml", cwd=tmp_path, env={"CUDA_VISIBLE_DEVICES": ""})
