@@ -61,9 +61,7 @@ class Preprocessing:
         return {key: json.dumps(value) for key, value in self.to_dict().items()}
 
 
-def normalisation(
-    mean: Sequence[float], std: Sequence[float], device: Any = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def normalisation(mean: Sequence[float], std: Sequence[float], device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift) for `normalise`, per channel, shaped (1, C, 1, 1) to broadcast over (N, C, H, W)."""
     import torch
 
