@@ -2,11 +2,15 @@
 
 Exit codes (errors.Exit): 0 done, 1 failure, 2 bad input (one line on stderr, no
 traceback), 130 a second Ctrl-C. Command modules register on `app` with `command`.
+
+Help texts (docstrings, `help=`) are plain text, shown as written: the app renders help
+without rich markup, which would read "[image]" as a style tag and drop it.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -21,6 +25,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,  # help texts as written (Click's plain help), not parsed as rich markup
 )
 
 
@@ -48,7 +53,10 @@ def command(name: str | None = None) -> Callable[[Callable[..., Any]], Callable[
     """Register a command on `app`, with the exit-code contract."""
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        return app.command(name)(exit_codes(fn))
+        # `runner --help` lists each command with its docstring's first paragraph, whole
+        # (Click would cut it at the first sentence, or mid-sentence, to fit 80 columns).
+        summary = " ".join(inspect.getdoc(fn).split("\n\n")[0].split()) if fn.__doc__ else None
+        return app.command(name, short_help=summary)(exit_codes(fn))
 
     return register
 
