@@ -9,6 +9,8 @@ is loaded, so validating a spec stays fast.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -65,12 +67,18 @@ def _torchvision(cls_name: str, expected: str) -> Loader:
         import torchvision
 
         cls = getattr(torchvision.datasets, cls_name)
+        # A download logs to stdout and stderr as it goes (progress bars; older torchvision
+        # "Downloading ..." and "Failed to download (trying next)" lines): kept off the
+        # terminal, and dropped, so that a failed one ends in the one line below.
+        log = io.StringIO()
         try:
-            parts = [cls(root, train=train, download=download) for train in (True, False)]
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                parts = [cls(root, train=train, download=download) for train in (True, False)]
         except (RuntimeError, OSError) as e:  # not found, corrupt, or offline download
             how = "or check your network" if download else "or set data.download = true"
+            reason = " ".join(str(e).split())  # torchvision's download errors span lines
             raise UserError(
-                f"data: {cls_name} not found under {root}/{expected} ({e}); put the raw files "
+                f"data: {cls_name} not found under {root}/{expected} ({reason}); put the raw files "
                 f"there (set data.root to their parent) {how} to download them"
             ) from None
         splits = []

@@ -143,6 +143,29 @@ def test_missing_dataset_names_both_ways_to_get_it(tmp_path: Path) -> None:
     assert "set data.download = true" in result.stderr
 
 
+# Every download refused at once, as on a machine without network: urllib sends each request
+# to this proxy, where nothing listens.
+OFFLINE = {var: "http://127.0.0.1:9" for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")}
+
+
+@pytest.mark.parametrize(
+    ("dataset", "cls", "where"),
+    [
+        ("mnist", "MNIST", "MNIST/raw"),
+        ("fashion-mnist", "FashionMNIST", "FashionMNIST/raw"),
+        ("cifar10", "CIFAR10", "cifar-10-batches-py"),
+    ],
+)
+def test_a_download_without_network_fails_in_one_line(dataset: str, cls: str, where: str, tmp_path: Path) -> None:
+    """Mutation: without flattening torchvision's error (runner/data/datasets.py), MNIST's and
+    FashionMNIST's lines run to six."""
+    (tmp_path / "job.toml").write_text(GOOD.replace('"digits"', f'"{dataset}"') + 'root = "empty"\ndownload = true\n')
+    result = runner_cli("run", "job.toml", cwd=tmp_path, env={**OFFLINE, "no_proxy": "", "NO_PROXY": ""})
+    _assert_clean_exit_2(result, f"data: {cls} not found under empty/{where} (", tmp_path)
+    assert "Connection refused" in result.stderr and "check your network" in result.stderr
+    assert "Downloading" not in result.stdout + result.stderr and result.stdout == ""
+
+
 def test_torchvision_model_that_cannot_take_the_input(tmp_path: Path) -> None:
     (tmp_path / "job.toml").write_text(GOOD.replace('"mlp"', '"alexnet"'))
     result = runner_cli("submit", "job.toml", cwd=tmp_path)
