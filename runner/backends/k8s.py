@@ -7,6 +7,7 @@ pod's service account when runner itself runs in a cluster).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -129,7 +130,11 @@ class K8sBackend:
                     f"a {kind} named '{name}' already exists in namespace {self.namespace}; "
                     f"cancel it first (runner cancel {name} --backend k8s) or set another name"
                 ) from None
-            raise RunFailed(f"creating {kind} {name} failed: {e.status} {e.reason}") from None
+            if e.status in (400, 422):  # the API refused what we sent (422: invalid): retrying cannot help
+                raise UserError(
+                    f"the cluster refused the {kind} '{name}' ({_api_error(e)}); fix the spec and submit again"
+                ) from None
+            raise RunFailed(f"creating {kind} {name} failed: {_api_error(e)}") from None
 
     def _delete(self, delete: Any, name: str, **kwargs: Any) -> bool:
         from kubernetes.client.exceptions import ApiException
@@ -139,7 +144,7 @@ class K8sBackend:
         except ApiException as e:
             if e.status == 404:
                 return False
-            raise RunFailed(f"deleting {name} failed: {e.status} {e.reason}") from None
+            raise RunFailed(f"deleting {name} failed: {_api_error(e)}") from None
         return True
 
     def _read_job(self, name: str) -> Any:
@@ -150,8 +155,19 @@ class K8sBackend:
         except ApiException as e:
             if e.status == 404:
                 raise UserError(f"no job named '{name}' in namespace {self.namespace}") from None
-            raise RunFailed(f"reading job {name} failed: {e.status} {e.reason}") from None
+            raise RunFailed(f"reading job {name} failed: {_api_error(e)}") from None
 
     def _pods(self, job_name: str) -> list[Any]:
         pods = self.core.list_namespaced_pod(self.namespace, label_selector=f"job-name={job_name}").items
         return sorted(pods, key=lambda p: str(p.metadata.creation_timestamp or ""), reverse=True)
+
+
+def _api_error(error: Any) -> str:
+    """'422 Unprocessable Entity: <the API server's reason>' on one line: the `message` of the
+    Status object it answers an error with (e.g. 'CronJob.batch "x" is invalid: spec.timeZone: ...')."""
+    try:
+        status = json.loads(error.body or "")
+    except (TypeError, ValueError):
+        status = None
+    message = status.get("message") if isinstance(status, dict) else None
+    return " ".join(f"{error.status} {error.reason or ''}{f': {message}' if message else ''}".split())

@@ -5,12 +5,15 @@ retries failures (up to `resources.retries`) but never counts preemptions (the
 DisruptionTarget pod condition) and fails at once on bad input (exit code 2).
 Every attempt reads the same spec from a ConfigMap, so it resumes the same
 checkpoint directory; each run of a CronJob gets a directory of its own, named by
-its Job (read through the downward API).
+its Job (read through the downward API). Names the API server would refuse for an
+object derived from the spec's name (a CronJob's is limited to 52 characters) are
+refused here first, by `check_names`, which `runner validate` calls too.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, NamedTuple
 
 from runner.errors import Exit, UserError
 from runner.spec import JobSpec, ScheduleSpec
@@ -44,6 +47,83 @@ def check_cluster_ready(spec: JobSpec) -> None:
         raise UserError(
             f"checkpoint.dir: '{spec.checkpoint.dir}' is on the pod's own disk, which a preemption deletes; "
             "use a bucket, e.g. --set checkpoint.dir=gs://my-bucket/runs/" + spec.name
+        )
+
+
+# What the API server accepts for the names runner derives from `spec.name` (the spec
+# itself holds it to a DNS label, 63 characters; some derived names must be shorter):
+# - ConfigMap `<name>-spec`: a DNS-1123 subdomain, at most 253 characters
+#   (ValidateConfigMapName = NameIsDNSSubdomain, pkg/apis/core/validation; apimachinery's
+#   IsDNS1123Subdomain; kubernetes.io/docs/concepts/overview/working-with-objects/names/).
+# - Label values (`app.kubernetes.io/instance: <name>` on every object and pod): at most
+#   63 characters, alphanumeric at both ends (apimachinery's IsValidLabelValue;
+#   kubernetes.io/docs/concepts/overview/working-with-objects/labels/).
+# - Job `<name>`: a DNS subdomain, and at most 63 characters, because the API server puts
+#   the name on its pods as the `job-name` and `batch.kubernetes.io/job-name` label values
+#   (ValidateGeneratedSelector, pkg/apis/batch/validation; "must be no more than 63
+#   characters" on spec.template.labels; kubernetes.io/docs/concepts/workloads/controllers/job/).
+# - CronJob `<name>`: at most 52 = 63 - 11, because its controller names each Job
+#   `<name>-<scheduled time in minutes>` and that Job name must fit the 63 above
+#   (ValidateCronJobCreate, pkg/apis/batch/validation; kubernetes #50850;
+#   kubernetes.io/docs/concepts/workloads/controllers/cron-jobs/).
+# - Pods need no rule of their own: a Job's pods get generateName `<job name>-`, which the
+#   API server cuts to 58 characters before adding 5 random ones
+#   (maxGeneratedNameLength, apiserver/pkg/storage/names/generate.go).
+DNS_SUBDOMAIN_MAX = 253
+LABEL_VALUE_MAX = 63
+JOB_NAME_MAX = 63
+CRONJOB_NAME_MAX = 52
+DNS_SUBDOMAIN_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+LABEL_VALUE_RE = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+
+
+class DerivedName(NamedTuple):
+    kind: str  # where the name goes: "CronJob", "ConfigMap", "label app.kubernetes.io/instance"
+    name: str  # what the spec makes of `spec.name` there
+    rule: str  # "a CronJob's name"
+    most: int  # characters allowed
+    why: str
+    pattern: re.Pattern[str]
+
+
+def derived_names(spec: JobSpec) -> list[DerivedName]:
+    """Every name runner derives from the spec, for the objects this spec creates (a CronJob
+    only when scheduled), tightest rule first."""
+    name = spec.name
+    if spec.schedule.cron:
+        why = "Kubernetes appends an 11-character suffix to it to name its Jobs"
+        workload = DerivedName("CronJob", name, "a CronJob's name", CRONJOB_NAME_MAX, why, DNS_SUBDOMAIN_RE)
+    else:
+        why = "Kubernetes puts it in its pods' job-name label"
+        workload = DerivedName("Job", name, "a Job's name", JOB_NAME_MAX, why, DNS_SUBDOMAIN_RE)
+    label = "label app.kubernetes.io/instance"
+    return [
+        workload,
+        DerivedName(label, name, "a label's value", LABEL_VALUE_MAX, f"runner sets the {label} to it", LABEL_VALUE_RE),
+        DerivedName("ConfigMap", config_map_name(spec), "a ConfigMap's name", DNS_SUBDOMAIN_MAX, "a DNS subdomain",
+                    DNS_SUBDOMAIN_RE),
+    ]  # fmt: skip
+
+
+def check_names(spec: JobSpec) -> None:
+    """Refuse, before anything is sent, a name the API server would refuse for an object runner creates."""
+    for derived in derived_names(spec):
+        check_name(spec.name, derived)
+
+
+def check_name(spec_name: str, derived: DerivedName) -> None:
+    """UserError naming the object, the derived name, its limit and the fix, if `derived` breaks its rule."""
+    kind, name, rule, most, why, pattern = derived
+    subject = f"name: '{spec_name}'" + (f" makes the {kind} name '{name}', which" if name != spec_name else "")
+    if len(name) > most:
+        raise UserError(
+            f"{subject} is {len(name)} characters; {rule} may have at most {most} ({why}); "
+            f"shorten name to at most {most - (len(name) - len(spec_name))} characters"
+        )
+    if not pattern.fullmatch(name):
+        raise UserError(
+            f"{subject} is not valid as {rule} ({kind}): use lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit"
         )
 
 
@@ -191,6 +271,7 @@ def cron_job(spec: JobSpec, image: str, schedule: ScheduleSpec) -> Manifest:
 def render(spec: JobSpec, spec_toml: str, image: str) -> list[Manifest]:
     """What `runner submit --backend k8s` applies: the spec's ConfigMap, then its Job or CronJob."""
     check_cluster_ready(spec)
+    check_names(spec)
     workload = cron_job(spec, image, spec.schedule) if spec.schedule.cron else job(spec, image)
     return [config_map(spec, spec_toml), workload]
 

@@ -89,9 +89,11 @@ def validate(
     show: Annotated[bool, typer.Option("--show", help="Print the resolved spec as TOML.")] = False,
 ) -> None:
     """Check a spec without running it."""
+    from runner.backends.manifests import check_names
     from runner.spec import load_spec, to_toml
 
     resolved = load_spec(spec, set_)
+    check_names(resolved)  # names Kubernetes would refuse for the objects this spec makes (a CronJob if scheduled)
     typer.echo(
         to_toml(resolved)
         if show

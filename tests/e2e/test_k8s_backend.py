@@ -12,7 +12,7 @@ from kubernetes import client
 from runner.backends.api import Submission
 from runner.backends.k8s import K8sBackend
 from runner.backends.manifests import render
-from runner.errors import UserError
+from runner.errors import RunFailed, UserError
 from runner.spec import load_spec, to_toml
 from tests.helpers import JOBS, runner_cli
 from tests.k8s_emulator import K8sEmulatorHandle
@@ -169,3 +169,91 @@ def test_the_cli_end_to_end(k8s_emulator: K8sEmulatorHandle, tmp_path: Path) -> 
 def test_no_cluster_configured_is_a_clear_error(tmp_path: Path) -> None:
     result = runner_cli("status", "cnn", "--backend", "k8s", cwd=tmp_path, env={"KUBECONFIG": str(tmp_path / "none")})
     assert result.returncode == 2 and result.stderr.startswith("error: no Kubernetes cluster configured")
+
+
+# -- names and objects the API server refuses ----------------------------------------------
+
+LONG = "a" * 53  # a valid DNS label, but one over a CronJob's 52
+
+
+def one_line(stderr: str) -> str:
+    assert "Traceback" not in stderr and stderr.count("\n") == 1, stderr
+    return stderr.rstrip("\n")
+
+
+def test_validate_refuses_a_name_too_long_for_the_cronjob_it_would_create(tmp_path: Path) -> None:
+    spec = str(JOBS / "cnn.toml")
+    scheduled = runner_cli("validate", spec, "--set", f"name={LONG}", "--set", "schedule.cron=0 3 * * *", cwd=tmp_path)
+    assert scheduled.returncode == 2 and scheduled.stdout == ""
+    assert one_line(scheduled.stderr) == (
+        f"error: name: '{LONG}' is 53 characters; a CronJob's name may have at most 52 (Kubernetes appends "
+        "an 11-character suffix to it to name its Jobs); shorten name to at most 52 characters"
+    )
+    unscheduled = runner_cli("validate", spec, "--set", f"name={LONG}", cwd=tmp_path)  # a Job: 63 allowed
+    assert unscheduled.returncode == 0 and unscheduled.stdout.startswith("ok: "), unscheduled.stderr
+
+
+def test_schedule_refuses_the_name_before_anything_is_sent(k8s_emulator: K8sEmulatorHandle, tmp_path: Path) -> None:
+    env = kubeconfig(tmp_path, k8s_emulator.url)
+    result = runner_cli("schedule", str(JOBS / "cnn.toml"), "--cron", "0 3 * * *", "--set", BUCKET,
+                        "--set", f"name={LONG}", "--image", IMAGE, cwd=tmp_path, env=env)  # fmt: skip
+    assert result.returncode == 2
+    assert one_line(result.stderr).startswith(f"error: name: '{LONG}' is 53 characters; a CronJob's name")
+    assert list(k8s_emulator.kmock.objects) == []  # nothing was created
+
+
+# What a real API server answers a CronJob whose time zone it does not know (runner does not
+# check time zones; the server does), and a user without the right to create Jobs.
+TIME_ZONE = "Mars/Olympus"
+INVALID = 'CronJob.batch "cnn" is invalid: spec.timeZone: Invalid value: "Mars/Olympus": unknown time zone Mars/Olympus'
+FORBIDDEN = 'jobs.batch is forbidden: User "tester" cannot create resource "jobs" in API group "batch" in the namespace "default"'
+
+
+def refuse(k8s: K8sEmulatorHandle, resource: str, code: int, reason: str, message: str) -> None:
+    """The emulator answers every create of `resource` with `code` and a Kubernetes Status body."""
+    status = {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+              "message": message, "reason": reason, "code": code}  # fmt: skip
+    k8s.kmock["post", f"/apis/batch/v1/namespaces/{NS}/{resource}"] << code << status
+
+
+def test_an_invalid_object_is_refused_with_the_apis_reason_and_leaves_no_debris(
+    k8s_emulator: K8sEmulatorHandle, backend: K8sBackend
+) -> None:
+    refuse(k8s_emulator, "cronjobs", 422, "Invalid", INVALID)
+    with pytest.raises(UserError) as refused:
+        backend.submit(submission(cnn("schedule.cron=0 3 * * *", f"schedule.time_zone={TIME_ZONE}")))
+    assert str(refused.value) == (
+        f"the cluster refused the CronJob 'cnn' (422 Unprocessable Entity: {INVALID}); fix the spec and submit again"
+    )
+    core = client.CoreV1Api(k8s_emulator.api_client())
+    assert core.list_namespaced_config_map(NS).items == []  # its ConfigMap rolled back
+
+
+def test_another_refusal_is_a_failure_with_the_apis_reason(
+    k8s_emulator: K8sEmulatorHandle, backend: K8sBackend
+) -> None:
+    refuse(k8s_emulator, "jobs", 403, "Forbidden", FORBIDDEN)
+    with pytest.raises(RunFailed) as failed:
+        backend.submit(submission(cnn()))
+    assert str(failed.value) == f"creating Job cnn failed: 403 Forbidden: {FORBIDDEN}"
+
+
+REFUSALS = {  # resource, code, reason, message, the command's extra arguments, its exit code and its line
+    "invalid": ("cronjobs", 422, "Invalid", INVALID, ["schedule", "--cron", "0 3 * * *", "--set",
+                f"schedule.time_zone={TIME_ZONE}"], 2, f"error: the cluster refused the CronJob 'cnn' "
+                f"(422 Unprocessable Entity: {INVALID}); fix the spec and submit again"),
+    "forbidden": ("jobs", 403, "Forbidden", FORBIDDEN, ["submit", "--backend", "k8s"], 1,
+                  f"failed: creating Job cnn failed: 403 Forbidden: {FORBIDDEN}"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("refusal", REFUSALS)
+def test_the_cli_shows_the_apis_reason_on_one_line(
+    refusal: str, k8s_emulator: K8sEmulatorHandle, tmp_path: Path
+) -> None:
+    resource, code, reason, message, args, exit_code, line = REFUSALS[refusal]
+    refuse(k8s_emulator, resource, code, reason, message)
+    command, *rest = args
+    result = runner_cli(command, str(JOBS / "cnn.toml"), *rest, "--set", BUCKET, "--image", IMAGE,
+                        cwd=tmp_path, env=kubeconfig(tmp_path, k8s_emulator.url))  # fmt: skip
+    assert result.returncode == exit_code and one_line(result.stderr) == line

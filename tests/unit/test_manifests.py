@@ -4,6 +4,7 @@ pinned by golden files, and the k8s/ folder kept in sync with `runner render`.""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from runner.backends.manifests import render, to_yaml
+from runner.backends.manifests import check_name, check_names, config_map_name, derived_names, render, to_yaml
+from runner.errors import UserError
 from runner.spec import load_spec, to_toml
 from tests.helpers import JOBS, REPO, runner_cli
 
@@ -199,3 +201,81 @@ def test_the_pod_failure_policy_rule_by_rule() -> None:
         assert first_matching_action(rules, 2, {"DisruptionTarget"}) == "Ignore"  # preempted while starting
         assert first_matching_action(rules, 1, set()) == "Count"
         assert first_matching_action(rules, 137, set()) == "Count"
+
+
+# -- names Kubernetes would refuse -----------------------------------------------------------
+
+
+def named(name: str, scheduled: bool):
+    """cnn.toml under `name`. model_copy skips the spec's own rule (a DNS label, at most 63
+    characters), so the limits beyond it can be tested too."""
+    spec = load_spec(str(JOBS / "cnn.toml"), [BUCKET, *(["schedule.cron=0 3 * * *"] if scheduled else [])])
+    return spec.model_copy(update={"name": name})
+
+
+# (scheduled, the workload's kind, its limit, why): a CronJob only when scheduled
+WORKLOADS = {
+    "cronjob": (True, "CronJob", 52, "Kubernetes appends an 11-character suffix to it to name its Jobs"),
+    "job": (False, "Job", 63, "Kubernetes puts it in its pods' job-name label"),
+}
+
+
+@pytest.mark.parametrize("workload", WORKLOADS)
+def test_a_name_at_the_workloads_limit_passes_one_over_is_refused_naming_kind_limit_and_fix(workload: str) -> None:
+    scheduled, kind, most, why = WORKLOADS[workload]
+    at_limit = named("a" * most, scheduled)
+    check_names(at_limit)
+    assert [m["kind"] for m in render(at_limit, to_toml(at_limit), IMAGE)] == ["ConfigMap", kind]
+    over = named("a" * (most + 1), scheduled)
+    expected = (
+        f"name: '{'a' * (most + 1)}' is {most + 1} characters; a {kind}'s name may have at most {most} ({why}); "
+        f"shorten name to at most {most} characters"
+    )
+    with pytest.raises(UserError) as refused:
+        check_names(over)
+    assert str(refused.value) == expected
+    with pytest.raises(UserError, match=re.escape(expected)):  # render (and so submit, schedule) checks too
+        render(over, to_toml(over), IMAGE)
+
+
+def test_the_cronjob_limit_applies_only_to_a_scheduled_spec() -> None:
+    check_names(load_spec(str(JOBS / "cnn.toml"), [BUCKET, "name=" + "a" * 53]))  # a Job: 63 allowed
+    with pytest.raises(UserError, match="a CronJob's name may have at most 52"):
+        check_names(load_spec(str(JOBS / "cnn.toml"), [BUCKET, "name=" + "a" * 53, "schedule.cron=@daily"]))
+
+
+# Every name runner derives, for a Job and for a CronJob: (where it goes, its limit)
+DERIVED = {
+    "job": {"Job": 63, "label app.kubernetes.io/instance": 63, "ConfigMap": 253},
+    "cronjob": {"CronJob": 52, "label app.kubernetes.io/instance": 63, "ConfigMap": 253},
+}
+
+
+@pytest.mark.parametrize(
+    ("workload", "kind"), [(w, k) for w, kinds in DERIVED.items() for k in kinds], ids=lambda v: v.split()[-1]
+)
+def test_each_derived_name_at_its_limit_passes_one_over_is_refused(workload: str, kind: str) -> None:
+    """Each rule on its own (one rule can hide another: a 64-character name breaks the Job's and
+    the label's at once), with the name derived as runner derives it (the ConfigMap adds -spec)."""
+    scheduled, most = WORKLOADS[workload][0], DERIVED[workload][kind]
+    assert {d.kind: d.most for d in derived_names(named("a", scheduled))} == DERIVED[workload]
+    suffix = len(config_map_name(named("", scheduled))) if kind == "ConfigMap" else 0
+
+    def derived(spec_name: str):
+        return next(d for d in derived_names(named(spec_name, scheduled)) if d.kind == kind)
+
+    check_name("a" * (most - suffix), derived("a" * (most - suffix)))
+    over = derived("a" * (most - suffix + 1))
+    assert len(over.name) == most + 1
+    with pytest.raises(UserError) as refused:
+        check_name("a" * (most - suffix + 1), over)
+    message = str(refused.value)
+    assert f"is {most + 1} characters; " in message and f"may have at most {most} (" in message
+    assert message.endswith(f"; shorten name to at most {most - suffix} characters")
+    if kind == "ConfigMap":
+        assert f"makes the ConfigMap name '{'a' * (most - suffix + 1)}-spec', which is 254 characters" in message
+
+
+def test_a_name_kubernetes_would_refuse_for_its_characters_is_refused() -> None:
+    with pytest.raises(UserError, match=r"name: 'Nightly_cnn' is not valid as a Job's name \(Job\): use lowercase"):
+        check_names(named("Nightly_cnn", scheduled=False))
