@@ -23,8 +23,9 @@ from runner.backends.api import Submission
 from runner.errors import RunFailed, UserError
 from runner.rundir import heartbeat, summary
 from runner.rundir.layout import open_run
+from runner.training.signals import STOP_SIGNALS
 
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+FORWARDED = STOP_SIGNALS  # whatever stops `runner run` politely reaches it through `submit` too
 POLL_S = 1.0
 CANCEL_WAIT_S = 120.0  # an emergency save of a large state to a slow bucket takes a while
 

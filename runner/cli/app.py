@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import signal
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -43,6 +44,8 @@ def exit_codes(command: Callable[..., Any]) -> Callable[..., Any]:
             typer.echo(f"failed: {e}", err=True)
             raise typer.Exit(Exit.FAILED) from None
         except KeyboardInterrupt:
+            # On the way out with 130: yet another Ctrl-C must not turn that into death by SIGINT.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             typer.echo("aborted", err=True)
             raise typer.Exit(Exit.ABORTED) from None
 

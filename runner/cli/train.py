@@ -68,10 +68,9 @@ def run(
 
     Exits 143 after saving a checkpoint when stopped by SIGTERM or SIGINT.
     """
-    from rich.console import Console
-
     from runner.spec import load_spec
     from runner.training import session
+    from runner.training.progress import RunConsole
 
     # This process ends when the job does. Freezing what exists then spares the exit a
     # last garbage collection over the ~400,000 objects torch brings: 0.6 s off every
@@ -79,7 +78,7 @@ def run(
     atexit.register(gc.freeze)
     if overwrite and not fresh:
         raise UserError("--overwrite only goes with --fresh")
-    raise typer.Exit(session.run(load_spec(spec, set_), Console(soft_wrap=True), quiet, fresh, overwrite))
+    raise typer.Exit(session.run(load_spec(spec, set_), RunConsole(soft_wrap=True), quiet, fresh, overwrite))
 
 
 @command()

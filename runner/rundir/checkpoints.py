@@ -22,6 +22,14 @@ from runner import storage
 RECORDS = "commits"
 
 
+def record_seq(name: str) -> int | None:
+    """The sequence number of a commit record's file name, or None for anything else: a
+    local write's temporary file (`.tmp-<token>-<seq>.json`, there while it is written, or
+    left by a process killed mid-write) is not a record, and must not stop a reader."""
+    stem = name.removesuffix(".json")
+    return int(stem) if name.endswith(".json") and stem.isdigit() else None
+
+
 class Corrupt(Exception):
     """A payload that does not match its commit record, or does not load safely."""
 
@@ -48,7 +56,7 @@ class CheckpointIndex:
         self.entries: list[Entry] = []  # committed checkpoints, newest first
 
     def _newest_seq(self) -> int:
-        seqs = [int(n.removesuffix(".json")) for n in storage.list_names(self.records) if n.endswith(".json")]
+        seqs = [seq for name in storage.list_names(self.records) if (seq := record_seq(name)) is not None]
         return max(seqs, default=0)
 
     def refresh(self) -> list[Entry]:

@@ -31,7 +31,8 @@ HEARTBEAT_S = 10.0  # status.json is rewritten at least this often while running
 STALE_AFTER_S = 60.0  # a heartbeat older than this: the process is gone (or cut off)
 
 RUNNING, DONE, FAILED, PREEMPTED, STALE, UNKNOWN = "running", "done", "failed", "preempted", "stale", "unknown"
-ENDED = (DONE, FAILED, PREEMPTED)
+ABORTED = "aborted"  # a second Ctrl-C: stopped at once, without a checkpoint of its own
+ENDED = (DONE, FAILED, PREEMPTED, ABORTED)
 
 
 def state(status: dict[str, Any] | None, finished: bool, now: float) -> str:

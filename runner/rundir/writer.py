@@ -22,7 +22,7 @@ from typing import Any
 
 from runner import storage
 from runner.errors import RunFailed
-from runner.rundir.checkpoints import CheckpointIndex, Entry
+from runner.rundir.checkpoints import CheckpointIndex, Entry, record_seq
 
 KEEP_RECORDS = 20  # commit records kept (tiny); enough to see any stale writer's seq is gone
 
@@ -123,7 +123,8 @@ class CheckpointWriter(CheckpointIndex):
             if (name.endswith(".pt") and name not in listed) or name.startswith(".tmp-"):
                 storage.delete(storage.join(self.dir, name))
         for name in storage.list_names(self.records):
-            if name.endswith(".json") and int(name.removesuffix(".json")) <= self.seq - KEEP_RECORDS:
+            seq = record_seq(name)
+            if (seq is not None and seq <= self.seq - KEEP_RECORDS) or name.startswith(".tmp-"):
                 storage.delete(storage.join(self.records, name))
 
     def _fenced(self, seq: int) -> Fenced:

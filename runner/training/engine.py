@@ -29,6 +29,22 @@ EVAL_BATCH = 1024
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def learning_rate(base: float, schedule: str, step: int, total_steps: int) -> float:
+    """The rate for optimizer step `step` (0-based) of a run of `total_steps` steps (pure).
+
+    constant: `base`. cosine: annealed from `base` to 0 over the run, per step, in closed
+    form (SGDR, Loshchilov & Hutter 2017, eq. 5, with eta_min = 0 and no restarts). A
+    function of (spec, step) alone: an interrupted run gets the very same rates, and an
+    extended one (a larger `epochs`) the rates a fresh run of the new length has at each
+    step. torch's CosineAnnealingLR computes each rate from the previous one, so changing
+    its T_max after a resume cannot give that curve (pytorch #78003).
+    """
+    if schedule == "constant":
+        return base
+    progress = min(step, total_steps) / max(total_steps, 1)
+    return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The order of the `n` samples in `epoch`: a permutation (int64, (n,)), the same for a
     (seed, epoch) on any machine, whatever the process did before."""
@@ -57,15 +73,16 @@ class Running:
 
 
 class TrainState:
-    """Model, optimizer, LR schedule, AMP scaler, RNG, position and metrics: all of it.
+    """Model, optimizer, AMP scaler, RNG, position and metrics: all of it. (The learning rate
+    is a function of the position: see `learning_rate`.)
 
     `state_dict()` holds only tensors and plain Python values, so it loads with
     `torch.load(weights_only=True)`. `batch` is the next batch of epoch `epoch`;
     `batch == batches per epoch` means the epoch is trained but not yet evaluated.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any):
-        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any):
+        self.model, self.optimizer, self.scaler = model, optimizer, scaler
         self.epoch = self.batch = self.step = 0
         self.history: list[dict[str, Any]] = []  # one record per finished epoch
         self.running = Running(next(model.parameters()).device)
@@ -87,7 +104,6 @@ class TrainState:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "scaler": self.scaler.state_dict(),
             "rng": _rng_state() if self._rng_live else self.rng,
             "position": {"epoch": self.epoch, "batch": self.batch, "step": self.step},
@@ -98,9 +114,12 @@ class TrainState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler:
-            self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        # `precision` may change on resume. The scaler's state (its loss scale) means something
+        # only to a run in fp16, so it carries over from fp16 to fp16; a run that enters fp16
+        # starts a fresh scale (2**16, adapted within a few steps), and one that leaves it
+        # drops the old scale. (A disabled scaler saves {}, which an enabled one refuses.)
+        if self.scaler.is_enabled() and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
         self.rng = state["rng"]
         if self._rng_live:
             _set_rng_state(self.rng)
@@ -132,14 +151,9 @@ class Trainer:
         self.scale, self.shift = normalisation(data.info.mean, data.info.std, self.device)
         self.batches = math.ceil(len(self.train) / cfg.batch_size)
         optimizer = _optimizer(cfg, model.parameters(), self.device)
-        scheduler = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * self.batches)
-            if cfg.lr_schedule == "cosine"
-            else None
-        )
         # Loss scaling is needed for fp16 only; disabled, the scaler passes through.
         scaler = torch.amp.GradScaler(self.device.type, enabled=placement.precision == "fp16")
-        self.state = TrainState(model, optimizer, scheduler, scaler)
+        self.state = TrainState(model, optimizer, scaler)
 
     def _to_device(self, split: Split) -> Split:
         return Split(split.x.to(self.device), split.y.to(self.device))
@@ -187,7 +201,7 @@ class Trainer:
                 "train_acc": train_acc,
                 "val_loss": val_loss,
                 "val_acc": val_acc,
-                "lr": self.state.optimizer.param_groups[0]["lr"],
+                "lr": self.lr(s.step - 1),  # the rate of the epoch's last step
                 "samples_per_s": samples / elapsed if samples else None,
             }
             s.history.append(record)
@@ -196,8 +210,16 @@ class Trainer:
             events.epoch_end(record)
         return True
 
+    def lr(self, step: int) -> float:
+        """The learning rate of step `step` in this run (see `learning_rate`)."""
+        return learning_rate(self.cfg.lr, self.cfg.lr_schedule, step, self.cfg.epochs * self.batches)
+
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         s = self.state
+        if self.cfg.lr_schedule != "constant":
+            rate = self.lr(s.step)
+            for group in s.optimizer.param_groups:
+                group["lr"] = rate
         with self._autocast():
             logits = self.forward(self._inputs(x))
             loss = F.cross_entropy(logits, y)
@@ -209,8 +231,6 @@ class Trainer:
         else:
             loss.backward()
             s.optimizer.step()
-        if s.scheduler:
-            s.scheduler.step()
         s.running.add(loss.detach(), (logits.argmax(1) == y).sum(), len(y))
 
     @torch.no_grad()
@@ -238,10 +258,9 @@ class Trainer:
         return loss.item() / len(split), correct.item() / len(split)
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Continue from a saved state; a longer `epochs` stretches a cosine schedule to fit."""
+        """Continue from a saved state (checkpoints from before the closed-form learning rate
+        also hold a "scheduler" entry, which is not needed: the rate follows from the step)."""
         self.state.load_state_dict(state)
-        if self.state.scheduler is not None:
-            self.state.scheduler.T_max = self.cfg.epochs * self.batches
 
 
 def _optimizer(cfg: TrainSpec, params: Any, device: torch.device) -> torch.optim.Optimizer:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +16,36 @@ if TYPE_CHECKING:
     from runner.training.engine import Running
 
 REFRESH_S = 0.25  # each refresh reads the loss off the device: a sync, so not every step
+
+
+class RunConsole(Console):
+    """The console a run prints to. rich answers a broken pipe with SystemExit(1), right for
+    a command in a shell pipeline, wrong for a run, which must still save and exit 143."""
+
+    def on_broken_pipe(self) -> None:
+        _silence(self)
+
+
+def show(console: Console, text: str) -> None:
+    """Print a line for the person watching, if anyone still can.
+
+    A closed terminal or a dropped SSH session (the SIGHUP that stops a run) leaves the
+    output nowhere to go, and a write then fails (EIO; EPIPE for a pipe nobody reads).
+    Losing the line is fine (log.txt has it); losing the run's checkpoint or exit code is
+    not.
+    """
+    try:
+        console.print(text, highlight=False, markup=False)
+    except OSError:
+        _silence(console)
+
+
+def _silence(console: Console) -> None:
+    """Point the console's stream at /dev/null for the rest of the process: later lines, and
+    the flush at exit (whose failure would turn any exit code into 120), go nowhere quietly."""
+    console.quiet = True
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), console.file.fileno())
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
@@ -81,4 +113,4 @@ class ProgressDisplay(Listener):
         self.bar.update(self.task, completed=batch, loss=loss, acc=acc, rate=rate)
 
     def epoch_end(self, record: dict[str, Any]) -> None:
-        self.console.print(epoch_line(record, self.epochs), highlight=False)
+        show(self.console, epoch_line(record, self.epochs))

@@ -83,12 +83,23 @@ def claim_and_resume(writer: CheckpointWriter, trainer: Trainer, spec: JobSpec, 
                     f"{', '.join(conflicts)}; resume with the same values, choose another checkpoint.dir, "
                     "or start over with --fresh --overwrite"
                 )
+            # Restored before the claim: a state this job cannot take fails before anything is
+            # written, instead of after, where every retry would claim and fail again.
+            _restore(trainer, found[0]["state"], found[1], spec)
         try:
             writer.claim(found[1].file if found else None)
         except AlreadyExists:
             continue  # another writer committed meanwhile: read its newest, then claim again
-        if found is None:
-            return None
-        trainer.restore(found[0]["state"])
-        return found[1]
+        return found[1] if found else None
     raise RunFailed(f"could not claim {writer.dir}: another writer keeps committing to it")
+
+
+def _restore(trainer: Trainer, state: dict, entry: Entry, spec: JobSpec) -> None:
+    try:
+        trainer.restore(state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(
+            f"checkpoint.dir: the checkpoint at step {entry.step} in {spec.checkpoint.dir} does not load into "
+            f"this job ({first}); resume with the values it was saved with, or start over with --fresh --overwrite"
+        ) from None

@@ -24,6 +24,7 @@ from runner.errors import Exit, UserError
 from runner.rundir import heartbeat
 from runner.rundir.layout import FINAL_WEIGHTS, RunDir, weights_metadata
 from runner.spec import JobSpec, to_toml
+from runner.training.progress import show
 from runner.training.ranks import Rank
 
 if TYPE_CHECKING:
@@ -89,9 +90,12 @@ class Session:
         self.heartbeat: heartbeat.Heartbeat | None = None  # the writer's status.json and log.txt
 
     def say(self, message: str) -> None:
-        """A line for the person watching, and for log.txt."""
-        self.console.print(message, highlight=False, markup=False)
+        """A line for the person watching, and for log.txt.
+
+        The terminal may be gone (progress.show): then the line is in log.txt alone.
+        """
         self.log(message)
+        show(self.console, message)
 
     def log(self, message: str) -> None:
         """A line for log.txt alone."""
@@ -118,6 +122,9 @@ class Session:
             code = self._train(trainer, writer, resumed, quiet, preempted)
         except Fenced:
             self.heartbeat.abandon()  # the run directory is another attempt's now: leave its status alone
+            raise
+        except KeyboardInterrupt:  # a second Ctrl-C, during the emergency save or before the first stop
+            self._end(heartbeat.ABORTED, f"aborted by a second SIGINT at step {state.step}; resubmit to resume")
             raise
         except BaseException as e:
             self._end(heartbeat.FAILED, _first_line(e))
@@ -202,8 +209,8 @@ class Session:
         try:
             self.heartbeat.close(final_state, message)
         except Exception as e:  # noqa: BLE001 - the run's outcome stands; only its status file is behind
-            self.console.print(
-                f"could not write status.json ({_first_line(e)}); `runner ls` will show the run as stale"
+            show(
+                self.console, f"could not write status.json ({_first_line(e)}); `runner ls` will show the run as stale"
             )
 
 

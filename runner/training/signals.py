@@ -1,8 +1,11 @@
-"""Preemption: SIGTERM or SIGINT asks the run to stop at the next step boundary.
+"""Preemption: a polite stop signal asks the run to stop at the next step boundary.
 
-Kubernetes sends SIGTERM and SIGKILLs after the grace period (about 15 s on GKE spot
-nodes), so the handler only sets a flag; the training and evaluation loops poll it,
-save, and exit 143. A second SIGINT (an impatient Ctrl-C) aborts at once.
+Every signal a platform sends to stop a job politely stops it politely: SIGTERM
+(Kubernetes, `runner cancel`, systemd, docker stop), SIGINT (Ctrl-C) and SIGHUP (a
+closed terminal, a dropped SSH session; mmsegmentation #1998 lost runs to it).
+Kubernetes SIGKILLs after the grace period (about 15 s on GKE spot nodes), so the
+handler only sets a flag; the training and evaluation loops poll it, save, and exit
+143. A second SIGINT (an impatient Ctrl-C) aborts at once.
 """
 
 from __future__ import annotations
@@ -10,17 +13,20 @@ from __future__ import annotations
 import signal
 from types import FrameType
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
 
 class Preemption:
     def __init__(self) -> None:
-        self.signum: int | None = None
+        self.signum: int | None = None  # the first stop signal: what the run says stopped it
+        self.aborting = False
         self._previous: dict[int, object] = {}
 
     def __call__(self) -> bool:
         return self.signum is not None
 
     def __enter__(self) -> Preemption:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -30,5 +36,8 @@ class Preemption:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None and signum == signal.SIGINT:
+            if self.aborting:
+                return  # more Ctrl-C while the abort records itself: it is already on its way
+            self.aborting = True
             raise KeyboardInterrupt
-        self.signum = signum
+        self.signum = self.signum or signum

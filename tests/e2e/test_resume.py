@@ -300,3 +300,41 @@ def test_a_resumed_run_keeps_the_checkpoint_it_resumed_from_while_it_saves_more(
     store.refresh()
     pinned = next(e for e in store.entries if e.file == resumed_from)
     assert store.load(pinned)["state"] is not None and pinned.step == stopped
+
+
+def test_sighup_with_the_terminal_gone_saves_exits_143_and_resumes_exactly(reference: dict, tmp_path: Path) -> None:
+    # A closed terminal or a dropped SSH session: SIGHUP, and nobody reading the output any more.
+    run_dir = str(tmp_path / "hangup")
+    proc = start("submit", run_dir, tmp_path)
+    wait_until_training(proc)
+    committed = wait_for_a_checkpoint_after(0, run_dir, proc)
+    proc.stdout.close()  # the terminal is gone: every later write to it fails (EPIPE)
+    proc.send_signal(signal.SIGHUP)  # to `runner submit`, which forwards it
+    assert proc.wait(timeout=120) == 143
+    status = json.loads((tmp_path / "hangup" / "status.json").read_text())
+    assert status["state"] == "preempted" and status["message"].startswith("stopped by SIGHUP at step"), status
+    stopped = int(re.search(r"at step (\d+)", status["message"])[1])
+    assert 3 <= committed <= stopped < 2 * STEPS_PER_EPOCH and newest_checkpoint_step(run_dir) == stopped
+    assert f"stopped by SIGHUP at step {stopped}: checkpoint" in (tmp_path / "hangup" / "log.txt").read_text()
+    code, out = finish(start("submit", run_dir, tmp_path), [])
+    assert code == 0 and f"resumed from step {stopped} " in out, out
+    assert same_tensors(final_weights(run_dir), reference)
+
+
+def test_a_second_ctrl_c_aborts_and_says_so(tmp_path: Path) -> None:
+    run_dir = str(tmp_path / "aborted")
+    proc = start("run", run_dir, tmp_path)
+    lines = wait_until_training(proc)
+    committed = wait_for_a_checkpoint_after(0, run_dir, proc)
+    # Impatient: Ctrl-C again and again. Signals sent back to back arrive as one, so repeat
+    # until it ends: one of the later ones lands while the first one's checkpoint is saved.
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.02)
+    code, out = finish(proc, lines)
+    assert code == 130 and "aborted" in out and "Traceback" not in out, out
+    status = json.loads((tmp_path / "aborted" / "status.json").read_text())
+    assert status["state"] == "aborted" and "second SIGINT" in status["message"], status
+    code, out = finish(start("run", run_dir, tmp_path), [])  # the last committed checkpoint still resumes
+    assert code == 0 and re.search(r"resumed from step (\d+) ", out) and committed <= newest_checkpoint_step(run_dir)

@@ -339,3 +339,19 @@ def test_a_zombie_whose_next_record_was_pruned_is_still_fenced_and_deletes_nothi
             unusable.append(f"step {e.step} ({e.file}): {error}")
     assert not unusable, f"the newest record lists checkpoints the zombie destroyed: {unusable}"
     assert fenced, "the zombie committed on top of the newer attempt instead of being fenced"
+
+
+def test_a_record_cut_off_mid_write_neither_stops_readers_nor_the_writer(tmp_path: Path) -> None:
+    # A local record is written to a temporary name first; a reader listing meanwhile (runner
+    # status from another terminal), or a process killed mid-write, sees that name.
+    run = str(tmp_path / "run")
+    store = fresh_store(run)
+    commit(store, 1)
+    leftover = tmp_path / "run" / "checkpoints" / "commits" / ".tmp-0123abcd-0000000009.json"
+    leftover.write_text('{"seq": 9, "checkp')
+    assert [e.step for e in RunDir(run).checkpoint_index().refresh()] == [1]
+    resumed = RunDir(run).checkpoint_writer(3)
+    resumed.refresh()
+    resumed.claim(None)
+    commit(resumed, 2)  # prunes the leftover
+    assert not leftover.exists() and [e.step for e in RunDir(run).checkpoint_index().refresh()] == [2, 1]

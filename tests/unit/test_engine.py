@@ -127,6 +127,22 @@ def test_the_loss_scaling_path_scales_and_unscales_exactly() -> None:
     assert same_weights(plain, scaled)
 
 
+@pytest.mark.parametrize("direction", ["into-fp16", "out-of-fp16"])
+def test_a_resume_may_enter_or_leave_loss_scaling(direction: str) -> None:
+    # precision may change on resume; fp16 (a loss-scaling GradScaler) needs CUDA, so its
+    # scaler runs here as a CPU one. An fp32/bf16 checkpoint holds an empty scaler state,
+    # which an enabled scaler refused to load ("The source state dict is empty").
+    scaling = torch.amp.GradScaler("cpu", enabled=True)
+    saved, resumed = trainer("epochs=1"), trainer("epochs=1")
+    (saved if direction == "out-of-fp16" else resumed).state.scaler = scaling
+    assert not saved.fit(Listener(), stop_at(3, saved))
+    resumed.restore(saved.state.state_dict())
+    assert same_weights(saved, resumed) and resumed.state.step == 3
+    assert resumed.fit(Listener())  # and it trains on, to the end
+    if direction == "into-fp16":
+        assert resumed.state.scaler.get_scale() == 2.0**16  # a fresh scale: the checkpoint had none
+
+
 def test_bf16_autocast_trains_fp32_weights_deterministically() -> None:
     # The GPU default (bf16 autocast) runs here on the CPU's autocast: same code path.
     a, b = trainer("precision=bf16", "epochs=2"), trainer("precision=bf16", "epochs=2")
