@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
 import typer
 from rich.console import Console
 
+from runner import strict_json
+
 
 def to_json(data: Any) -> str:
-    return json.dumps(data, indent=2, sort_keys=True)
+    return strict_json.dumps(data, indent=2, sort_keys=True)
 
 
 def console() -> Console:

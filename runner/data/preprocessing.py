@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from runner import strict_json
+
 if TYPE_CHECKING:
     import torch
 
@@ -58,7 +60,7 @@ class Preprocessing:
 
     def to_metadata(self) -> dict[str, str]:
         """As safetensors metadata (str -> str): each value JSON."""
-        return {key: json.dumps(value) for key, value in self.to_dict().items()}
+        return {key: strict_json.dumps(value) for key, value in self.to_dict().items()}
 
 
 def normalisation(mean: Sequence[float], std: Sequence[float], device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:

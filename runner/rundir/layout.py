@@ -20,7 +20,7 @@ import time
 import tomllib
 from typing import TYPE_CHECKING, Any
 
-from runner import __version__, storage
+from runner import __version__, storage, strict_json
 from runner.errors import UserError
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ class RunDir:
                 self._metrics_skipped = records
                 return False
             time.sleep(wait)
-        lines = "".join(json.dumps(r) + "\n" for r in records)
+        lines = "".join(strict_json.dumps(r) + "\n" for r in records)
         storage.write_bytes(self.path(METRICS), lines.encode())
         self._metrics_written, self._metrics_skipped = time.monotonic(), None
         return True
@@ -114,7 +114,7 @@ class RunDir:
         return json.loads(text) if text else None
 
     def write_status(self, status: dict[str, Any]) -> None:
-        storage.write_bytes(self.path(STATUS), json.dumps(status, indent=1).encode())
+        storage.write_bytes(self.path(STATUS), strict_json.dumps(status, indent=1).encode())
 
     def read_log(self) -> list[str]:
         return storage.read_text(self.path(LOG)).splitlines()
@@ -162,7 +162,7 @@ def weights_metadata(model: str, model_options: dict[str, Any], dataset: str, pr
         "format": "runner/1",
         "runner_version": __version__,
         "model": model,
-        "model_options": json.dumps(model_options),
+        "model_options": strict_json.dumps(model_options),
         "dataset": dataset,
         **pre.to_metadata(),
     }

@@ -13,14 +13,13 @@ stops instead of clobbering the new attempt's checkpoints.
 from __future__ import annotations
 
 import io
-import json
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
-from runner import storage
+from runner import storage, strict_json
 from runner.errors import RunFailed
 from runner.rundir.checkpoints import CheckpointIndex, Entry, record_seq
 
@@ -104,7 +103,7 @@ class CheckpointWriter(CheckpointIndex):
             "pinned": self.pinned,
             "checkpoints": [asdict(e) for e in self.entries],
         }
-        data = json.dumps(record, indent=1).encode()
+        data = strict_json.dumps(record, indent=1).encode()
         url = self._record_url(seq)
         try:
             storage.write_bytes(url, data, create_only=True)

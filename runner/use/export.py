@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import json
 import warnings
 from typing import TYPE_CHECKING
 
+from runner import strict_json
 from runner.errors import UserError
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def to_torchscript(trained: Trained) -> bytes:
         # what libtorch (C++) and many model servers load; the warning means nothing to a user here.
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(trained.model, _example(trained))
-        torch.jit.save(traced, buffer, _extra_files={"runner.json": json.dumps(trained.metadata)})
+        torch.jit.save(traced, buffer, _extra_files={"runner.json": strict_json.dumps(trained.metadata)})
     return buffer.getvalue()
 
 
