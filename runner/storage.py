@@ -7,6 +7,11 @@ credentials (Application Default Credentials, Workload Identity,
 GOOGLE_APPLICATION_CREDENTIALS); STORAGE_EMULATOR_HOST points it at an emulator.
 Transient errors (5xx, 429, timeouts, resets) are retried with exponential backoff
 inside gcsfs; what still fails reaches the caller.
+
+Object permissions are all runner needs on a bucket (roles/storage.objectAdmin: objects
+create, get, list, delete), never the bucket's metadata (storage.buckets.get) or the
+project's bucket list: a careful user grants no more. A permission the store refuses
+(HTTP 403) is raised as `Denied`, naming it.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from fsspec.core import url_to_fs
@@ -51,6 +58,53 @@ class AlreadyExists(Exception):
     """A create-only write found the object already there."""
 
 
+class Denied(UserError, PermissionError):
+    """The store refused these credentials a permission (GCS: HTTP 403), named in the message.
+
+    A UserError (exit 2: retrying cannot help, granting can), and an OSError, so code that
+    handles store errors sees it as one. `what`: the setting or argument the URL came from.
+    """
+
+    def __init__(self, message: str, what: str = ""):
+        super().__init__(f"{what}: {message}" if what else message)
+        self.what = what
+
+
+# The permissions of GCS's object roles that runner uses. Overwriting an object needs
+# storage.objects.delete as well as create; GCS's 403 names the one refused.
+LIST = "storage.objects.list"
+GET = "storage.objects.get"
+CREATE = "storage.objects.create"
+DELETE = "storage.objects.delete"
+
+
+def _refused(error: BaseException) -> bool:
+    return isinstance(error, OSError) and str(error).startswith("Forbidden")  # gcsfs: OSError("Forbidden: ...")
+
+
+def _denied(url: str, error: OSError, permission: str, what: str = "") -> Denied:
+    # GCS's message says which: "... does not have storage.objects.list access to ...".
+    named = re.search(r"\bstorage\.[a-z]+\.[a-zA-Z]+", str(error))
+    permission = named.group(0) if named else permission
+    bucket = url.split("://", 1)[-1].split("/", 1)[0]
+    return Denied(
+        f"{url}: these credentials lack {permission} (403 Forbidden); grant it on gs://{bucket} "
+        "(roles/storage.objectAdmin holds every permission runner uses) or use other credentials",
+        what,
+    )
+
+
+@contextlib.contextmanager
+def _needs(url: str, permission: str) -> Iterator[None]:
+    """Raise a 403 inside as Denied: `permission` if GCS's message does not name another."""
+    try:
+        yield
+    except OSError as e:
+        if not _refused(e):
+            raise
+        raise _denied(url, e, permission) from None
+
+
 def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
@@ -69,7 +123,8 @@ def write_bytes(url: str, data: bytes, create_only: bool = False) -> None:
         else:
             # An object store makes an upload visible only once it is complete.
             one_request = {"chunksize": GCS_ONE_REQUEST_BYTES} if _is_gcs(url) else {}
-            fs.pipe_file(path, data, mode="create" if create_only else "overwrite", **one_request)
+            with _needs(url, CREATE):
+                fs.pipe_file(path, data, mode="create" if create_only else "overwrite", **one_request)
     except FileExistsError:
         raise AlreadyExists(url) from None
 
@@ -78,13 +133,16 @@ def write_output(url: str, data: bytes, option: str = "-o") -> None:
     """Write a file the user named on the command line, or say in one line why it cannot be."""
     try:
         write_bytes(url, data)
+    except Denied:
+        raise  # it names the permission
     except OSError as e:  # a directory there, or a file where a directory should be
         raise UserError(f"{option} {url}: cannot write it ({e.strerror or e})") from None
 
 
 def read_bytes(url: str) -> bytes:
     fs, path = _fs(url)
-    return fs.cat_file(path)
+    with _needs(url, GET):
+        return fs.cat_file(path)
 
 
 def read_text(url: str) -> str:
@@ -102,7 +160,8 @@ def md5(data: bytes) -> str:
 def stored_size_and_md5(url: str) -> tuple[int, str | None]:
     """What the store says it holds: size, and the MD5 it computed (None if it keeps none)."""
     fs, path = _fs(url)
-    info = fs.info(path)
+    with _needs(url, GET):
+        info = fs.info(path)
     digest = info.get("md5Hash")  # GCS: base64 of the binary digest
     if digest:
         import base64
@@ -115,32 +174,46 @@ def list_names(url: str) -> list[str]:
     """Names (not paths) directly under `url`; [] if there is nothing there."""
     fs, path = _fs(url)
     try:
-        entries = fs.ls(path, detail=False, refresh=True)  # another process may have written
+        with _needs(url, LIST):  # at a bucket's root too: objects.list, not the bucket's metadata
+            entries = fs.ls(path, detail=False, refresh=True)  # another process may have written
     except FileNotFoundError:
         return []
     return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries)
 
 
-def modified(url: str) -> Any:
+def _object(url: str) -> tuple[Any, str]:
+    """The store and path of an object (or a prefix of objects) at `url`, never a bucket itself:
+    gcsfs would read a bucket's metadata (storage.buckets.get) or, deleting, delete the bucket."""
     fs, path = _fs(url)
-    return fs.modified(path)
+    if _is_gcs(url) and not fs.split_path(path)[1]:
+        raise ValueError(f"{url} is a bucket, not an object in one")
+    return fs, path
+
+
+def modified(url: str) -> Any:
+    fs, path = _object(url)
+    with _needs(url, GET):
+        return fs.modified(path)
 
 
 def exists(url: str) -> bool:
-    fs, path = _fs(url)
-    return fs.exists(path)
+    fs, path = _object(url)
+    with _needs(url, GET):  # objects.get, or objects.list for a prefix
+        return fs.exists(path)
 
 
 def delete(url: str) -> None:
-    fs, path = _fs(url)
-    with contextlib.suppress(FileNotFoundError):
+    fs, path = _object(url)
+    with contextlib.suppress(FileNotFoundError), _needs(url, DELETE):
         fs.rm(path)
 
 
 def delete_tree(url: str) -> None:
-    fs, path = _fs(url)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
+    """Delete the object at `url` and every object under it (on GCS: objects.list, objects.delete)."""
+    fs, path = _object(url)
+    with _needs(url, DELETE):
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
 
 
 def check_reachable(url: str, what: str = "checkpoint.dir") -> None:
@@ -153,22 +226,42 @@ def check_reachable(url: str, what: str = "checkpoint.dir") -> None:
         return
     root = fs._strip_protocol(url).split("/", 1)[0]
     try:
-        found = fs.exists(root)
+        if _is_gcs(url):
+            # One object name under the prefix (objects.list), what every use of a run directory
+            # needs anyway: [] is fine (a first run), 404 means there is no bucket. Not
+            # fs.exists(bucket): that asks for the bucket's metadata (storage.buckets.get), which
+            # the object roles lack, and gcsfs reads an empty bucket then as none (gcsfs #462).
+            bucket, key, _ = fs.split_path(path)
+            prefix = key.rstrip("/") + "/" if key.strip("/") else None
+            fs.call("GET", "b/{}/o", bucket, json_out=True, prefix=prefix, maxResults=1)
+            found = True
+        else:
+            found = fs.exists(root)
+    except FileNotFoundError:
+        found = False
     except Exception as e:  # credentials, permissions, DNS: the message says which
+        if _refused(e):
+            raise _denied(url, e, LIST, what) from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{what}: cannot reach '{url}': {first}") from None
     if not found:
+        # GCS's object listing answers 404 only for a bucket that does not exist; other stores' exists() may
+        # also say no for one these credentials cannot see.
+        hedge = "" if _is_gcs(url) else " or is not visible to these credentials"
         raise UserError(
-            f"{what}: bucket '{root}' of '{url}' does not exist or is not visible to these "
-            f"credentials; create it (gcloud storage buckets create gs://{root}) or fix {what}"
+            f"{what}: bucket '{root}' of '{url}' does not exist{hedge}; create it "
+            f"(gcloud storage buckets create gs://{root}) or fix {what}"
         )
 
 
 def failure(url: str, error: OSError) -> UserError | RunFailed:
     """A store error as what it means: the user's to fix (exit 2), or a failure that a
     retry may get past (exit 1; Kubernetes retries it)."""
-    refused = isinstance(error, PermissionError | NotADirectoryError | IsADirectoryError)
-    if refused or str(error).startswith("Forbidden"):  # gcsfs raises OSError("Forbidden: ...") on 403
+    if _refused(error):  # a 403 from outside this module's functions: still one line
+        return _denied(url, error, "a permission on the bucket", "checkpoint.dir")
+    if isinstance(error, Denied):  # it names the object and the permission
+        return error if error.what else Denied(str(error), "checkpoint.dir")
+    if isinstance(error, PermissionError | NotADirectoryError | IsADirectoryError):
         return UserError(f"checkpoint.dir: cannot write to {url}: {error}")
     # A timeout (fsspec's FSTimeoutError, after gcsfs's retries) has no message of its own.
     reason = str(error) or ("no answer in time" if isinstance(error, TimeoutError) else type(error).__name__)

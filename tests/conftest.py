@@ -11,13 +11,13 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
 import pytest
 
-from tests.helpers import JOBS, REPO, write_mnist
+from tests.helpers import JOBS, REPO, IamProxy, write_mnist
 
 pytest_plugins = ["tests.k8s_emulator"]  # the k8s_emulator fixture
 
@@ -74,6 +74,26 @@ def make_bucket(emulator_url: str) -> str:
 def bucket(gcs_emulator: str) -> str:
     """A new, empty bucket in the emulator: gs://<name>."""
     return f"gs://{make_bucket(gcs_emulator)}"
+
+
+@pytest.fixture
+def iam_proxy(gcs_emulator: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., IamProxy]]:
+    """Put the emulator behind IamProxy, granting only the permissions given (e.g.
+    helpers.OBJECT_ADMIN): STORAGE_EMULATOR_HOST points at the proxy, here and in subprocesses."""
+    import gcsfs
+
+    proxies: list[IamProxy] = []
+
+    def grant(granted: frozenset[str]) -> IamProxy:
+        proxies.append(IamProxy(gcs_emulator, granted))
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxies[-1].url)
+        gcsfs.GCSFileSystem.clear_instance_cache()  # cached clients know the old address
+        return proxies[-1]
+
+    yield grant
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    for proxy in proxies:
+        proxy.close()
 
 
 # The shared runs: a small CNN, small batches: 41 steps an epoch, about 65% accurate after one, 90% after two.

@@ -151,3 +151,119 @@ def upload(local: Path, url: str) -> str:
 
             storage.write_bytes(storage.join(url, path.relative_to(local).as_posix()), path.read_bytes())
     return url
+
+
+# GCS's predefined object roles (https://cloud.google.com/storage/docs/access-control/iam-roles):
+# what a careful user grants a training job. Neither has storage.buckets.get (the bucket's
+# metadata) nor storage.buckets.list (the project's buckets).
+OBJECT_ADMIN = frozenset(
+    {"storage.objects.create", "storage.objects.delete", "storage.objects.get", "storage.objects.list"}
+)
+OBJECT_VIEWER = frozenset({"storage.objects.get", "storage.objects.list"})
+
+
+def gcs_permission(method: str, path: str) -> str:
+    """The IAM permission a GCS JSON API request needs (`path` without its query string);
+    "unknown" for any request this map does not know, which IamProxy refuses too."""
+    import re
+
+    parts = path.strip("/").split("/")
+    if parts[:3] == ["storage", "v1", "b"]:
+        if len(parts) == 3:  # /storage/v1/b: the project's buckets, or a new one
+            return {"GET": "storage.buckets.list", "POST": "storage.buckets.create"}.get(method, "unknown")
+        if len(parts) == 4:  # /storage/v1/b/<bucket>: the bucket itself
+            verbs = {"GET": "get", "PATCH": "update", "PUT": "update", "DELETE": "delete"}
+            return f"storage.buckets.{verbs[method]}" if method in verbs else "unknown"
+        if len(parts) == 5 and parts[4] == "o":  # /storage/v1/b/<bucket>/o: its objects
+            return "storage.objects.list" if method == "GET" else "unknown"
+        if len(parts) > 5 and parts[4] == "o":  # /storage/v1/b/<bucket>/o/<name>: one object
+            verbs = {"GET": "get", "DELETE": "delete", "PATCH": "update", "PUT": "update"}
+            return f"storage.objects.{verbs[method]}" if method in verbs else "unknown"
+    if re.fullmatch(r"upload/storage/v1/b/[^/]+/o", path.strip("/")) and method in ("POST", "PUT"):
+        return "storage.objects.create"
+    if re.fullmatch(r"download/storage/v1/b/[^/]+/o/.+", path.strip("/")) and method == "GET":
+        return "storage.objects.get"
+    return "unknown"
+
+
+class IamProxy:
+    """An HTTP reverse proxy on loopback in front of the GCS emulator (which has no IAM) that
+    grants a credential's permissions and no others: a request needing one it lacks gets the
+    403 GCS answers, with GCS's JSON error naming the permission. Everything else is relayed.
+
+    `requests` lists (method, path, permission) of every request; `denied` those refused.
+    """
+
+    def __init__(self, target: str, granted: frozenset[str] | set[str]):
+        import http.client
+        import http.server
+        import json
+        import threading
+        from urllib.parse import urlparse
+
+        upstream = urlparse(target)
+        self.granted = set(granted)
+        self.requests: list[tuple[str, str, str]] = []
+        self.denied: list[tuple[str, str, str]] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as aiohttp expects
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def _relay(self) -> None:
+                method, path = self.command, self.path.split("?", 1)[0]
+                permission = gcs_permission(method, path)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                proxy.requests.append((method, path, permission))
+                if permission not in proxy.granted:
+                    proxy.denied.append((method, path, permission))
+                    message = (
+                        f"runner-test@project.iam.gserviceaccount.com does not have {permission} access to the "
+                        f"Google Cloud Storage bucket. Permission '{permission}' denied on resource "
+                        "(or it may not exist)."
+                    )
+                    error = {"code": 403, "message": message, "errors": [
+                        {"message": message, "domain": "global", "reason": "forbidden"}]}  # fmt: skip
+                    self._answer(403, [("Content-Type", "application/json; charset=UTF-8")],
+                                 json.dumps({"error": error}).encode())  # fmt: skip
+                    return
+                connection = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
+                try:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                    connection.request(method, self.path, body=body, headers=headers)
+                    response = connection.getresponse()
+                    data = response.read()
+                    own = f"127.0.0.1:{proxy.port}"
+                    kept = [
+                        (k, v.replace(upstream.netloc, own) if k.lower() == "location" else v)
+                        for k, v in response.getheaders()
+                        if k.lower() not in ("transfer-encoding", "connection", "content-length")
+                    ]
+                    self._answer(response.status, kept, data)
+                finally:
+                    connection.close()
+
+            def _answer(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
+                self.send_response(status)
+                for key, value in headers:
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _relay
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

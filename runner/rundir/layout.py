@@ -173,6 +173,8 @@ def open_run(url: str) -> RunDir:
     storage.check_reachable(url, "RUN")
     try:
         names = storage.list_names(url)
+    except storage.Denied:
+        raise  # names the permission already
     except OSError as e:
         raise storage.failure(url, e) from None
     if not names:
@@ -198,7 +200,14 @@ def find_runs(prefix: str) -> list[RunDir]:
 
 
 def newest_finished_sibling(run_url: str) -> RunDir | None:
-    """The most recently finished run directory beside `run_url` (not itself), if any."""
+    """The most recently finished run directory beside `run_url` (not itself), if any.
+
+    A run directory at a bucket's root has none: beside it are other buckets, which runner
+    does not list (that needs storage.buckets.list).
+    """
+    _, found, rest = run_url.rstrip("/").partition("://")
+    if found and "/" not in rest:
+        return None
     parent, _, own = run_url.rstrip("/").rpartition("/")
     parent = parent or "."
     finished = []
