@@ -11,6 +11,7 @@ class Exit(IntEnum):
     OK = 0  # done
     FAILED = 1  # a failure: a crash, a store that stayed down, a newer attempt took over
     BAD_INPUT = 2  # the spec, an override, a CLI argument, a file: retrying cannot help
+    DIVERGED = 3  # the loss or the weights stopped being finite: a retry would diverge the same way
     # 128 + SIGTERM, as a shell reports a process a SIGTERM ended: "stopped, checkpoint
     # saved; resubmit to resume". Kubernetes retries it without counting a failure.
     PREEMPTED = 143
@@ -27,3 +28,12 @@ class UserError(Exception):
 
 class RunFailed(Exception):
     """A failure we can explain in one line (exit 1): no traceback, the reason."""
+
+
+class Diverged(RunFailed):
+    """The training loss or the weights are no longer finite (exit 3). Nothing non-finite
+    is saved: the newest checkpoint is the last finite state."""
+
+    def __init__(self, step: int, epoch: int, what: str):
+        super().__init__(f"{what} at step {step} (epoch {epoch + 1})")
+        self.step, self.epoch = step, epoch

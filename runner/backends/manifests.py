@@ -27,6 +27,7 @@ GKE_SPOT = "cloud.google.com/gke-spot"
 GKE_ACCELERATOR = "cloud.google.com/gke-accelerator"
 
 Manifest = dict[str, Any]
+FAIL_AT_ONCE = [int(Exit.BAD_INPUT), int(Exit.DIVERGED)]  # exit codes a retry cannot change
 
 
 def _labels(spec: JobSpec) -> dict[str, str]:
@@ -222,10 +223,11 @@ def _job_spec(spec: JobSpec, image: str, scheduled: bool) -> dict[str, Any]:
             "rules": [
                 # A preempted or evicted pod saved its checkpoint: retry it, for free.
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-                # Bad input fails the same way every time: stop now.
+                # Bad input, and a diverged run (training is deterministic), fail the same way
+                # every time: stop now.
                 {
                     "action": "FailJob",
-                    "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [int(Exit.BAD_INPUT)]},
+                    "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": list(FAIL_AT_ONCE)},
                 },
                 # Anything else (a crash, an unreachable store) may pass: use a retry.
                 {
@@ -233,7 +235,7 @@ def _job_spec(spec: JobSpec, image: str, scheduled: bool) -> dict[str, Any]:
                     "onExitCodes": {
                         "containerName": CONTAINER,
                         "operator": "NotIn",
-                        "values": [int(Exit.OK), int(Exit.BAD_INPUT)],
+                        "values": [int(Exit.OK), *FAIL_AT_ONCE],
                     },
                 },
             ]

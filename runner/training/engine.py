@@ -22,6 +22,7 @@ from torch import nn
 from runner.data.datasets import Dataset, Split
 from runner.data.preprocessing import normalisation, normalise
 from runner.device import Placement, check_compile
+from runner.errors import Diverged
 from runner.spec import TrainSpec
 from runner.training.events import Listener
 
@@ -99,6 +100,17 @@ class TrainState:
             yield
         finally:
             self.rng, self._rng_live = _rng_state(), False
+
+    def check_finite(self) -> None:
+        """Raise Diverged unless the epoch's running loss and every weight are finite.
+
+        One host sync: for a save, never per step. A non-finite step makes the running loss
+        sum non-finite, so a loss that blew up anywhere in the epoch is caught here.
+        """
+        if not torch.isfinite(self.running.loss):
+            raise Diverged(self.step, self.epoch, "the training loss is not finite")
+        if not torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all():
+            raise Diverged(self.step, self.epoch, "the weights are not finite")
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -189,6 +201,8 @@ class Trainer:
                 events.step(s.batch, s.running)
             train_loss, train_acc = s.running.means()  # synchronises: the timing is honest
             elapsed = time.perf_counter() - started
+            if not math.isfinite(train_loss):  # before this epoch's record and its checkpoint
+                raise Diverged(s.step, s.epoch, f"the training loss is {train_loss}")
             # Preemption can come during evaluation too: stop there, and the resumed run
             # (batch == batches) evaluates this epoch again.
             if (val := self.evaluate(self.val, stop)) is None:

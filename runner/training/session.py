@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from runner import storage
-from runner.errors import Exit, UserError
+from runner.errors import Diverged, Exit, UserError
 from runner.rundir import heartbeat
 from runner.rundir.layout import FINAL_WEIGHTS, RunDir, weights_metadata
 from runner.spec import JobSpec, to_toml
@@ -123,13 +123,17 @@ class Session:
         except Fenced:
             self.heartbeat.abandon()  # the run directory is another attempt's now: leave its status alone
             raise
+        except Diverged as e:
+            code = self._diverged(e, writer)
         except KeyboardInterrupt:  # a second Ctrl-C, during the emergency save or before the first stop
             self._end(heartbeat.ABORTED, f"aborted by a second SIGINT at step {state.step}; resubmit to resume")
             raise
         except BaseException as e:
             self._end(heartbeat.FAILED, _first_line(e))
             raise
-        if code == Exit.OK:
+        if code == Exit.DIVERGED:
+            pass  # said and recorded by _diverged
+        elif code == Exit.OK:
             self._end(heartbeat.DONE, "")
         else:
             self._end(heartbeat.PREEMPTED, f"stopped by {_signal_name(preempted.signum)} at step {state.step}")
@@ -161,6 +165,7 @@ class Session:
             self.say(f"resumed from step {state.step} (epoch {state.epoch + 1}, batch {state.batch}) of {resumed.file}")
 
         def snapshot() -> tuple[bytes, dict[str, int]]:
+            state.check_finite()  # never commit a diverged state over a finite one (DeepFilterNet #30)
             position = {"epoch": state.epoch, "batch": state.batch, "step": state.step}
             return encode(state.state_dict(), spec_toml, preprocessing.to_dict()), position
 
@@ -188,6 +193,22 @@ class Session:
         run_dir.write_metrics([*state.history, final], final=True)  # last: the final record means "done"
         self.say(f"done: test_acc {test_acc:.2%} (test_loss {test_loss:.4f}); weights at {run_dir.path(FINAL_WEIGHTS)}")
         return Exit.OK
+
+    def _diverged(self, error: Diverged, writer: CheckpointWriter) -> int:
+        newest = writer.entries[0].step if writer.entries else None
+        kept = (
+            f"the newest checkpoint (step {newest}) is the last finite state"
+            if newest is not None
+            else "nothing was saved"
+        )
+        message = f"diverged: {error}; {kept}"
+        self.say(
+            f"{message}. Resuming would diverge again: lower lr (or change the optimizer or schedule) "
+            "and start over with --fresh --overwrite"
+        )
+        self._flush_metrics()
+        self._end(heartbeat.FAILED, message)
+        return Exit.DIVERGED
 
     def _emergency_save(self, checkpointer: Checkpointer, step: int, signum: int | None) -> int:
         started = time.perf_counter()

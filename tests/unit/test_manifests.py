@@ -64,7 +64,7 @@ def test_preemptions_are_free_bad_input_fails_fast_other_failures_count(tmp_path
     config_map, job = rendered(VARIANTS["job-gpu-spot"])
     rules = job["spec"]["podFailurePolicy"]["rules"]
     assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
-    assert rules[1]["action"] == "FailJob" and rules[1]["onExitCodes"]["values"] == [2]
+    assert rules[1]["action"] == "FailJob" and rules[1]["onExitCodes"]["values"] == [2, 3]
     assert rules[2]["action"] == "Count"
     pod = pod_of(job)
     assert pod["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] == 6
@@ -180,19 +180,20 @@ def test_the_pod_failure_policy_rule_by_rule() -> None:
         assert fail["action"] == "FailJob" and set(fail) == {"action", "onExitCodes"}
         assert fail["onExitCodes"]["containerName"] == "runner"
         assert fail["onExitCodes"]["operator"] == "In"
-        assert fail["onExitCodes"]["values"] == [2]  # bad input: runner's exit code 2
+        assert fail["onExitCodes"]["values"] == [2, 3]  # bad input (2) and a diverged run (3): a retry repeats them
         assert 143 not in fail["onExitCodes"]["values"]
 
         assert count["action"] == "Count" and set(count) == {"action", "onExitCodes"}
         assert count["onExitCodes"]["containerName"] == "runner"
         assert count["onExitCodes"]["operator"] == "NotIn"
-        assert count["onExitCodes"]["values"] == [0, 2]
+        assert count["onExitCodes"]["values"] == [0, 2, 3]
 
         containers = {c["name"] for c in job_spec["template"]["spec"]["containers"]}
         assert containers == {"runner"}  # the rules name the container that exists
 
         # What that means for each way a pod can end, rules evaluated as Kubernetes does.
         assert first_matching_action(rules, 2, set()) == "FailJob"
+        assert first_matching_action(rules, 3, set()) == "FailJob"  # diverged: deterministic, a retry diverges again
         # 143 (stopped by SIGTERM, checkpoint saved): never fails the Job; a preempted pod
         # (DisruptionTarget) is free, any other SIGTERM counts as one of `retries`.
         assert first_matching_action(rules, 143, {"DisruptionTarget"}) == "Ignore"
