@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from runner import storage
+from runner.timebox import call_by, remaining
 
 if TYPE_CHECKING:
     from runner.rundir.layout import RunDir
@@ -82,22 +83,24 @@ class Heartbeat:
         self._flush(force=True)
         self._thread.start()
 
-    def _join(self) -> None:
+    def _join(self, timeout: float | None = None) -> None:
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join()
+            self._thread.join(timeout)
 
     def log(self, line: str) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         with self._lock:
             self.lines.append(f"{stamp} {line}")
 
-    def close(self, final_state: str, message: str = "") -> None:
-        """Stop the thread and write the run's end (done, failed, preempted) and its last lines."""
-        self._join()
+    def close(self, final_state: str, message: str = "", deadline: float | None = None) -> None:
+        """Stop the thread and write the run's end (done, failed, preempted) and its last lines;
+        TimeoutError if that is not done by `deadline` (time.monotonic() seconds)."""
+        self._join(remaining(deadline))
         self.status.update(state=final_state, message=message)
-        time.sleep(max(0.0, self._beat_at + 1.0 - time.monotonic()))  # GCS: one write/s per object
-        self._flush(force=True)
+        pause = max(0.0, self._beat_at + 1.0 - time.monotonic())  # GCS: one write/s per object
+        time.sleep(min(pause, remaining(deadline) or pause))
+        call_by(deadline, self._flush, True, name="status")
 
     def abandon(self) -> None:
         """Stop without a last write: another attempt owns the run directory now."""

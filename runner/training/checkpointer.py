@@ -10,13 +10,15 @@ save (on SIGTERM) and the final save are synchronous.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 from runner.errors import RunFailed
 from runner.rundir.checkpoints import Entry
 from runner.rundir.writer import CheckpointWriter, Fenced
+from runner.timebox import call_by, in_background, remaining
 
 Snapshot = Callable[[], tuple[bytes, dict[str, int]]]  # -> (payload, position)
 
@@ -27,6 +29,10 @@ def due(step: int, now: float, last_step: int, last_time: float, every_steps: in
     return bool(every_steps and step - last_step >= every_steps) or bool(
         every_seconds and now - last_time >= every_seconds
     )
+
+
+class NotSavedInTime(RunFailed):
+    """The store did not take a checkpoint before the deadline (a grace period running out)."""
 
 
 class Checkpointer:
@@ -42,7 +48,6 @@ class Checkpointer:
         self.store, self.snapshot, self.log = store, snapshot, log
         self.every_steps, self.every_seconds = every_steps, every_seconds
         self.last_step, self.last_time = step, time.monotonic()
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
         self.inflight: Future[Entry] | None = None
         self.pending = False  # a save was asked for (epoch end) or failed, and is still owed
         self.failures, self.retry_at = 0, 0.0
@@ -61,21 +66,25 @@ class Checkpointer:
             self.pending = False
             self.last_step, self.last_time = step, now
             payload, position = self.snapshot()
-            self.inflight = self.pool.submit(self.store.commit, payload, position)
+            # A daemon thread: an upload the store never answers cannot hold the process's exit.
+            self.inflight = in_background(self.store.commit, payload, position, name="checkpoint")
 
-    def save_now(self, step: int, attempts: int = 1) -> Entry:
-        """Save synchronously (after any upload in flight); raise RunFailed if it cannot be done."""
-        self.wait()
+    def save_now(self, step: int, attempts: int = 1, deadline: float | None = None) -> Entry:
+        """Save synchronously (after any upload in flight); raise RunFailed if it cannot be done,
+        NotSavedInTime if not by `deadline` (time.monotonic() seconds; None: no limit)."""
+        self.wait(deadline)
         if self.store.entries and self.store.entries[0].step == step:
             return self.store.entries[0]  # the epoch-end save already holds this very state
         payload, position = self.snapshot()
         for attempt in range(attempts):
             try:
-                entry = self.store.commit(payload, position)
+                entry = call_by(deadline, self.store.commit, payload, position, name="checkpoint")
                 self.last_step, self.last_time, self.pending = position["step"], time.monotonic(), False
                 return entry
             except Fenced:
                 raise
+            except TimeoutError:
+                raise self._late(position["step"]) from None
             except Exception as e:
                 if attempt == attempts - 1:
                     raise RunFailed(
@@ -86,14 +95,25 @@ class Checkpointer:
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def wait(self) -> None:
-        """Let the upload in flight finish, and report how it went."""
+    def wait(self, deadline: float | None = None) -> None:
+        """Let the upload in flight finish (by `deadline`), and report how it went."""
         if self.inflight is not None:
-            self.inflight.exception()  # waits
+            try:
+                self.inflight.exception(timeout=remaining(deadline))  # waits
+            except TimeoutError:
+                raise self._late(None) from None
             self._reap()
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=True)
+    def close(self, deadline: float | None = None) -> None:
+        """Let the upload in flight finish (until `deadline`), whatever its outcome: the run is
+        ending anyway, and an upload left unfinished never becomes a checkpoint."""
+        if self.inflight is not None:
+            with contextlib.suppress(TimeoutError):
+                self.inflight.exception(timeout=remaining(deadline))
+
+    def _late(self, step: int | None) -> NotSavedInTime:
+        what = f"the checkpoint at step {step}" if step is not None else "the upload in flight"
+        return NotSavedInTime(f"{self.store.dir} did not take {what} in time")
 
     def _reap(self) -> None:
         future, self.inflight = self.inflight, None

@@ -13,17 +13,22 @@ that verifies.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import signal
 import time
+import traceback
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from runner import storage
-from runner.errors import Diverged, Exit, UserError
+from runner.errors import Diverged, Exit, RunFailed, UserError
 from runner.rundir import heartbeat
 from runner.rundir.layout import FINAL_WEIGHTS, RunDir, weights_metadata
 from runner.spec import JobSpec, to_toml
+from runner.timebox import call_by
 from runner.training.progress import show
 from runner.training.ranks import Rank
 
@@ -81,6 +86,12 @@ def _rank() -> Rank:
     return rank
 
 
+# Of the grace period a stop signal starts (resources.grace_seconds), the emergency save may
+# use all but SAVE_MARGIN_S; the status write and the flush of metrics all but END_MARGIN_S,
+# which is left for the process to exit (0.3-0.5 s measured; see README, Performance).
+SAVE_MARGIN_S, END_MARGIN_S = 3.0, 1.0
+
+
 class Session:
     """One process's part in a run: the spec, the run directory, the log, the rank."""
 
@@ -88,6 +99,7 @@ class Session:
         self.spec, self.rank, self.console = spec, rank, console
         self.run_dir = RunDir(spec.checkpoint.dir)
         self.heartbeat: heartbeat.Heartbeat | None = None  # the writer's status.json and log.txt
+        self.stopping_by: float | None = None  # once stopped by a signal: when the last writes must end
 
     def say(self, message: str) -> None:
         """A line for the person watching, and for log.txt.
@@ -103,6 +115,10 @@ class Session:
             self.heartbeat.log(message)
 
     def run(self, trainer: Trainer, preempted: Preemption, quiet: bool, fresh: bool, overwrite: bool) -> int:
+        with library_logs_to(self.log):
+            return self._run(trainer, preempted, quiet, fresh, overwrite)
+
+    def _run(self, trainer: Trainer, preempted: Preemption, quiet: bool, fresh: bool, overwrite: bool) -> int:
         from runner.rundir.writer import Fenced
         from runner.training import resume
 
@@ -180,12 +196,15 @@ class Session:
                 finished = trainer.fit(listeners, preempted)
                 test = trainer.evaluate(trainer.test, preempted) if finished else None
             if test is None:
-                code = self._emergency_save(checkpointer, state.step, preempted.signum)
+                grace = spec.resources.grace_seconds
+                started = preempted.at if preempted.at is not None else time.monotonic()
+                self.stopping_by = started + grace - END_MARGIN_S
+                code = self._emergency_save(checkpointer, state.step, preempted.signum, started + grace - SAVE_MARGIN_S)
                 self._flush_metrics()  # after the checkpoint, which comes first in a grace period
                 return code
             checkpointer.save_now(state.step, attempts=4)  # the final save fails loudly, never silently
         finally:
-            checkpointer.close()
+            checkpointer.close(self.stopping_by)
         test_loss, test_acc = test
         final = {"epoch": state.epoch, "step": state.step, "test_loss": test_loss, "test_acc": test_acc}
         metadata = weights_metadata(spec.model, spec.model_options, spec.data.dataset, preprocessing)
@@ -210,9 +229,20 @@ class Session:
         self._end(heartbeat.FAILED, message)
         return Exit.DIVERGED
 
-    def _emergency_save(self, checkpointer: Checkpointer, step: int, signum: int | None) -> int:
+    def _emergency_save(self, checkpointer: Checkpointer, step: int, signum: int | None, deadline: float) -> int:
+        from runner.training.checkpointer import NotSavedInTime
+
         started = time.perf_counter()
-        entry = checkpointer.save_now(step)
+        try:
+            entry = checkpointer.save_now(step, deadline=deadline)
+        except NotSavedInTime as e:
+            entries = checkpointer.store.entries
+            kept = f"the newest checkpoint is step {entries[0].step}" if entries else "there is no checkpoint yet"
+            grace = self.spec.resources.grace_seconds
+            raise RunFailed(
+                f"stopped by {_signal_name(signum)} at step {step}, but {e} (resources.grace_seconds = {grace}); "
+                f"{kept}: resubmitting resumes from there"
+            ) from None
         self.say(
             f"stopped by {_signal_name(signum)} at step {entry.step}: checkpoint ({entry.size / 1e6:.1f} MB) saved in "
             f"{time.perf_counter() - started:.2f} s; resubmit to resume"
@@ -221,18 +251,17 @@ class Session:
 
     def _flush_metrics(self) -> None:
         try:
-            self.run_dir.flush_metrics()
+            call_by(self.stopping_by, self.run_dir.flush_metrics, name="metrics")
         except Exception as e:  # the checkpoint is saved: exit 143 all the same
             self.say(f"could not write metrics.jsonl ({e}); the resumed run writes it")
 
     def _end(self, final_state: str, message: str) -> None:
         assert self.heartbeat is not None
         try:
-            self.heartbeat.close(final_state, message)
+            self.heartbeat.close(final_state, message, deadline=self.stopping_by)
         except Exception as e:  # noqa: BLE001 - the run's outcome stands; only its status file is behind
-            show(
-                self.console, f"could not write status.json ({_first_line(e)}); `runner ls` will show the run as stale"
-            )
+            why = "no answer before the grace period ran out" if isinstance(e, TimeoutError) else _first_line(e)
+            show(self.console, f"could not write status.json ({why}); `runner ls` will show the run as stale")
 
 
 def _first_line(error: BaseException) -> str:
@@ -242,3 +271,41 @@ def _first_line(error: BaseException) -> str:
 
 def _signal_name(signum: int | None) -> str:
     return signal.Signals(signum).name if signum else "a signal"
+
+
+# Libraries that log their retries with full tracebacks (gcsfs logs each exhausted retry
+# with logger.exception: 216 lines on stderr for one store outage).
+LIBRARY_LOGGERS = ("gcsfs", "fsspec")
+
+
+@contextlib.contextmanager
+def library_logs_to(log: Callable[[str], None]) -> Iterator[None]:
+    """While a run trains, the storage libraries' warnings go to log.txt as one line each (the
+    first traceback with them, once), never to the terminal, where a person reads runner's
+    own one-line account of the same event."""
+    handler = _OneLineHandler(log)
+    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+    saved = [(logger, logger.propagate) for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.propagate = False  # not to the root logger, nor Python's last-resort stderr handler
+    try:
+        yield
+    finally:
+        for logger, propagate in saved:
+            logger.removeHandler(handler)
+            logger.propagate = propagate
+
+
+class _OneLineHandler(logging.Handler):
+    def __init__(self, log: Callable[[str], None]):
+        super().__init__(logging.WARNING)
+        self.write, self.traced = log, False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):  # logging must never stop training
+            self.write(f"{record.name}: {(record.getMessage().strip().splitlines() or [''])[0]}")
+            if record.exc_info and not self.traced:
+                self.traced = True
+                for line in "".join(traceback.format_exception(*record.exc_info)).rstrip().splitlines():
+                    self.write(f"  {line}")

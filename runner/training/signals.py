@@ -11,6 +11,7 @@ handler only sets a flag; the training and evaluation loops poll it, save, and e
 from __future__ import annotations
 
 import signal
+import time
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -19,6 +20,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 class Preemption:
     def __init__(self) -> None:
         self.signum: int | None = None  # the first stop signal: what the run says stopped it
+        self.at: float | None = None  # when it came (time.monotonic()): the grace period runs from here
         self.aborting = False
         self._previous: dict[int, object] = {}
 
@@ -40,4 +42,5 @@ class Preemption:
                 return  # more Ctrl-C while the abort records itself: it is already on its way
             self.aborting = True
             raise KeyboardInterrupt
-        self.signum = self.signum or signum
+        if self.signum is None:
+            self.signum, self.at = signum, time.monotonic()

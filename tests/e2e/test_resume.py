@@ -33,7 +33,9 @@ SPEC = [
 STEPS_PER_EPOCH = 41
 
 
-def start(command: str, run_dir: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def start(
+    command: str, run_dir: str, cwd: Path, env: dict[str, str] | None = None, extra: tuple[str, ...] = ()
+) -> subprocess.Popen:
     return subprocess.Popen(
         [
             sys.executable,
@@ -42,6 +44,7 @@ def start(command: str, run_dir: str, cwd: Path, env: dict[str, str] | None = No
             command,
             str(JOBS / "digits.toml"),
             *SPEC,
+            *extra,
             f"--set=checkpoint.dir={run_dir}",
             "--quiet",
         ],
@@ -207,6 +210,8 @@ def test_a_store_that_goes_down_for_a_while_is_survived(reference: dict, gcs_emu
     assert code == 0, out
     assert proxy.refused >= 5  # the outage was felt
     assert same_tensors(final_weights(run_dir), reference)
+    # The storage library's retries and their tracebacks go to log.txt, not to the terminal.
+    assert "Traceback" not in out and "gcsfs" not in out, out
 
 
 # -- retention in a real run, stopped and resumed ------------------------------------------------------
@@ -338,3 +343,33 @@ def test_a_second_ctrl_c_aborts_and_says_so(tmp_path: Path) -> None:
     assert status["state"] == "aborted" and "second SIGINT" in status["message"], status
     code, out = finish(start("run", run_dir, tmp_path), [])  # the last committed checkpoint still resumes
     assert code == 0 and re.search(r"resumed from step (\d+) ", out) and committed <= newest_checkpoint_step(run_dir)
+
+
+def test_an_emergency_save_the_store_does_not_take_ends_within_the_grace_period(
+    gcs_emulator: str, tmp_path: Path
+) -> None:
+    # The store goes down, then the kubelet sends SIGTERM: the save cannot succeed, and
+    # Kubernetes SIGKILLs at grace_seconds. runner must say so and exit before that.
+    grace = 8
+    proxy = FlakyProxy(urlparse(gcs_emulator).port)
+    run_dir = f"gs://{make_bucket(gcs_emulator)}/runs/grace"
+    env = {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{proxy.port}"}
+    try:
+        proc = start("run", run_dir, tmp_path, env=env, extra=(f"--set=resources.grace_seconds={grace}",))
+        lines = wait_until_training(proc)
+        committed = wait_for_a_checkpoint_after(0, run_dir, proc)
+        proxy.down()
+        stopped_at = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code, out = finish(proc, lines)
+        took = time.monotonic() - stopped_at
+    finally:
+        proxy.close()
+    assert code == 1, out
+    # Bounded by the grace period (plus the interpreter's exit), not by the store's retries.
+    assert took < grace + 1.5, (took, out)
+    failed = [line for line in out.splitlines() if line.startswith("failed: ")]
+    assert len(failed) == 1 and "Traceback" not in out, out
+    assert f"(resources.grace_seconds = {grace})" in failed[0] and "resubmitting resumes from there" in failed[0]
+    kept = int(re.search(r"the newest checkpoint is step (\d+)", failed[0])[1])
+    assert kept >= committed and newest_checkpoint_step(run_dir) == kept  # nothing claimed that is not there
