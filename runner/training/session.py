@@ -31,6 +31,7 @@ from runner.spec import JobSpec, to_toml
 from runner.timebox import call_by
 from runner.training.progress import show
 from runner.training.ranks import Rank
+from runner.training.signals import StopNow
 
 if TYPE_CHECKING:
     from runner.rundir.checkpoints import Entry
@@ -134,6 +135,10 @@ class Session:
         run_dir.write_spec(to_toml(spec))
         info = {"name": spec.name, "epochs": spec.epochs, "steps_total": spec.epochs * trainer.batches}
         self.heartbeat.start(info, resumed=resumed is not None)
+        # Until a step is trained past the newest checkpoint (or past the start), a stop loses
+        # nothing: it need not wait for the step, or for the compiler compiling it.
+        start = resumed.step if resumed else state.step
+        preempted.nothing_to_save = lambda: state.step == max(start, writer.entries[0].step if writer.entries else 0)
         try:
             code = self._train(trainer, writer, resumed, quiet, preempted)
         except Fenced:
@@ -141,6 +146,15 @@ class Session:
             raise
         except Diverged as e:
             code = self._diverged(e, writer)
+        except StopNow:
+            code = Exit.PREEMPTED
+            self.stopping_by = (preempted.at or time.monotonic()) + spec.resources.grace_seconds - END_MARGIN_S
+            self._flush_metrics()
+            self.say(
+                f"stopped by {_signal_name(preempted.signum)} at step {state.step}: nothing trained since "
+                + (f"the checkpoint at step {state.step}" if state.step else "the start")
+                + "; resubmit to resume"
+            )
         except KeyboardInterrupt:  # a second Ctrl-C, during the emergency save or before the first stop
             self._end(heartbeat.ABORTED, f"aborted by a second SIGINT at step {state.step}; resubmit to resume")
             raise
@@ -195,6 +209,8 @@ class Session:
                 listeners = Listeners([*writes, display, LogFile(self.log, spec.epochs)] if self.rank.is_writer else [])
                 finished = trainer.fit(listeners, preempted)
                 test = trainer.evaluate(trainer.test, preempted) if finished else None
+            if test is not None:  # a stop from here on waits for the final saves, never cuts them short
+                preempted.nothing_to_save = lambda: False
             if test is None:
                 grace = spec.resources.grace_seconds
                 started = preempted.at if preempted.at is not None else time.monotonic()

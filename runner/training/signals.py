@@ -12,9 +12,16 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class StopNow(BaseException):
+    """Raised by the stop signal's handler itself when the run has nothing to save (nothing
+    trained since its newest checkpoint): whatever the process is busy with, even a minute of
+    torch.compile, is abandoned at once. A BaseException, so no `except Exception` holds it."""
 
 
 class Preemption:
@@ -22,6 +29,8 @@ class Preemption:
         self.signum: int | None = None  # the first stop signal: what the run says stopped it
         self.at: float | None = None  # when it came (time.monotonic()): the grace period runs from here
         self.aborting = False
+        # Set by the session once it knows: True while the state is its newest checkpoint's.
+        self.nothing_to_save: Callable[[], bool] = lambda: False
         self._previous: dict[int, object] = {}
 
     def __call__(self) -> bool:
@@ -44,3 +53,5 @@ class Preemption:
             raise KeyboardInterrupt
         if self.signum is None:
             self.signum, self.at = signum, time.monotonic()
+            if self.nothing_to_save():  # e.g. still compiling the first step: don't wait for it
+                raise StopNow
