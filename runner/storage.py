@@ -17,6 +17,7 @@ project's bucket list: a careful user grants no more. A permission the store ref
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -254,6 +255,11 @@ def check_reachable(url: str, what: str = "checkpoint.dir") -> None:
         )
 
 
+def out_of_space(error: BaseException) -> bool:
+    """Whether `error` says the store is full: no space left on the device, or a disk quota."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def failure(url: str, error: OSError) -> UserError | RunFailed:
     """A store error as what it means: the user's to fix (exit 2), or a failure that a
     retry may get past (exit 1; Kubernetes retries it)."""
@@ -263,6 +269,11 @@ def failure(url: str, error: OSError) -> UserError | RunFailed:
         return error if error.what else Denied(str(error), "checkpoint.dir")
     if isinstance(error, PermissionError | NotADirectoryError | IsADirectoryError):
         return UserError(f"checkpoint.dir: cannot write to {url}: {error}")
+    if out_of_space(error):
+        return RunFailed(
+            f"checkpoint.dir: no space left on {url} ({error.strerror}); free space there, "
+            "or keep fewer checkpoints (checkpoint.keep)"
+        )
     # A timeout (fsspec's FSTimeoutError, after gcsfs's retries) has no message of its own.
     reason = str(error) or ("no answer in time" if isinstance(error, TimeoutError) else type(error).__name__)
     return RunFailed(f"checkpoint.dir: {url} is unreachable: {reason}")

@@ -64,7 +64,13 @@ class CheckpointWriter(CheckpointIndex):
         # 134 MB off an emergency save's critical path.
         with ThreadPoolExecutor(1, thread_name_prefix="md5") as hasher:
             md5 = hasher.submit(storage.md5, payload)
-            storage.write_bytes(url, payload)
+            try:
+                storage.write_bytes(url, payload)
+            except OSError as e:
+                # A full disk (h2o-llmstudio #214): free what retention may, then try once more.
+                if not storage.out_of_space(e) or not self.free_space():
+                    raise
+                storage.write_bytes(url, payload)
         entry = Entry(
             file=file,
             step=position["step"],
@@ -93,6 +99,24 @@ class CheckpointWriter(CheckpointIndex):
             raise
         self._prune()
         return entry
+
+    def free_space(self) -> bool:
+        """Let go of every checkpoint but the newest and the one this run resumed from (never
+        those two), committing that first: for a store that is full. Whether anything went."""
+        kept = retain(self.entries, 1, self.pinned)
+        if len(kept) == len(self.entries):
+            return False
+        previous, self.entries = self.entries, kept
+        try:
+            self._write_record(self.seq + 1, "free space")
+        except storage.AlreadyExists:
+            self.entries = previous
+            raise self._fenced(self.seq + 1) from None
+        except BaseException:
+            self.entries = previous
+            raise
+        self._prune()
+        return True
 
     def _write_record(self, seq: int, kind: str) -> None:
         record = {

@@ -101,6 +101,7 @@ class Session:
         self.run_dir = RunDir(spec.checkpoint.dir)
         self.heartbeat: heartbeat.Heartbeat | None = None  # the writer's status.json and log.txt
         self.stopping_by: float | None = None  # once stopped by a signal: when the last writes must end
+        self.note = ""  # what status.json says beside "done"
 
     def say(self, message: str) -> None:
         """A line for the person watching, and for log.txt.
@@ -164,7 +165,7 @@ class Session:
         if code == Exit.DIVERGED:
             pass  # said and recorded by _diverged
         elif code == Exit.OK:
-            self._end(heartbeat.DONE, "")
+            self._end(heartbeat.DONE, self.note)
         else:
             self._end(heartbeat.PREEMPTED, f"stopped by {_signal_name(preempted.signum)} at step {state.step}")
         return code
@@ -218,16 +219,43 @@ class Session:
                 code = self._emergency_save(checkpointer, state.step, preempted.signum, started + grace - SAVE_MARGIN_S)
                 self._flush_metrics()  # after the checkpoint, which comes first in a grace period
                 return code
-            checkpointer.save_now(state.step, attempts=4)  # the final save fails loudly, never silently
+            unsaved = self._final_save(checkpointer, state.step)
         finally:
             checkpointer.close(self.stopping_by)
         test_loss, test_acc = test
         final = {"epoch": state.epoch, "step": state.step, "test_loss": test_loss, "test_acc": test_acc}
         metadata = weights_metadata(spec.model, spec.model_options, spec.data.dataset, preprocessing)
-        run_dir.write_final(state.model.state_dict(), metadata)
+        # The weights are the run's result: they never depend on the final checkpoint.
+        self._write_final(writer, state.model.state_dict(), metadata)
         run_dir.write_metrics([*state.history, final], final=True)  # last: the final record means "done"
         self.say(f"done: test_acc {test_acc:.2%} (test_loss {test_loss:.4f}); weights at {run_dir.path(FINAL_WEIGHTS)}")
+        if unsaved is not None:
+            newest = f"step {writer.entries[0].step}" if writer.entries else "the start"
+            self.note = f"the final checkpoint was not saved ({unsaved}); a larger epochs would resume from {newest}"
+            self.say(f"warning: {self.note}")
         return Exit.OK
+
+    def _final_save(self, checkpointer: Checkpointer, step: int) -> RunFailed | None:
+        """The final checkpoint (what a larger `epochs` resumes from), retried; the error if it
+        could not be saved (a full disk, once retention freed what it may), else None."""
+        from runner.rundir.writer import Fenced
+
+        try:
+            checkpointer.save_now(step, attempts=4)
+        except Fenced:
+            raise
+        except RunFailed as e:
+            return e
+        return None
+
+    def _write_final(self, writer: CheckpointWriter, weights: dict, metadata: dict[str, str]) -> None:
+        try:
+            self.run_dir.write_final(weights, metadata)
+        except OSError as e:
+            if not storage.out_of_space(e) or not writer.free_space():
+                raise
+            self.say(f"{self.run_dir.url} is full ({e.strerror}): kept only the newest checkpoint to write the weights")
+            self.run_dir.write_final(weights, metadata)
 
     def _diverged(self, error: Diverged, writer: CheckpointWriter) -> int:
         newest = writer.entries[0].step if writer.entries else None

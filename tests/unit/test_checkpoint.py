@@ -355,3 +355,12 @@ def test_a_record_cut_off_mid_write_neither_stops_readers_nor_the_writer(tmp_pat
     resumed.claim(None)
     commit(resumed, 2)  # prunes the leftover
     assert not leftover.exists() and [e.step for e in RunDir(run).checkpoint_index().refresh()] == [2, 1]
+
+
+def test_a_full_disk_is_named_as_such() -> None:
+    import errno
+
+    error = storage.failure("runs/x", OSError(errno.ENOSPC, "No space left on device"))
+    assert isinstance(error, RunFailed) and str(error).startswith("checkpoint.dir: no space left on runs/x")
+    assert storage.out_of_space(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert not storage.out_of_space(OSError(errno.EIO, "Input/output error"))
