@@ -54,4 +54,5 @@ class Preemption:
         if self.signum is None:
             self.signum, self.at = signum, time.monotonic()
             if self.nothing_to_save():  # e.g. still compiling the first step: don't wait for it
+                self.aborting = True  # on its way out already, losing nothing: more Ctrl-C change nothing
                 raise StopNow

@@ -119,3 +119,30 @@ def test_sigterm_during_the_final_test_evaluation_saves_exits_143_and_resumes_ex
         read_weights(reference_dir / "final" / "model.safetensors"),
     )
     assert final_records[-1] == metrics(reference_dir)[-1]  # the same test loss and accuracy, exactly
+
+
+def test_a_second_ctrl_c_during_the_emergency_save_aborts_and_the_status_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runner.training.checkpointer import Checkpointer
+
+    save_now = Checkpointer.save_now
+    step = Listeners.step
+
+    def ctrl_c_at_step_5(listeners: Listeners, batch: int, running: object) -> None:
+        step(listeners, batch, running)
+        if batch == 5:  # mid-epoch, 5 steps past the start: there is something to save
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def impatient(checkpointer: Checkpointer, *args: Any, **kwargs: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, while the first one's checkpoint is saved
+        return save_now(checkpointer, *args, **kwargs)
+
+    monkeypatch.setattr(Listeners, "step", ctrl_c_at_step_5)
+    monkeypatch.setattr(Checkpointer, "save_now", impatient)
+    overrides = ["model=mlp", "model_options={}", "epochs=1", "threads=1", "device=cpu", f"checkpoint.dir={tmp_path}"]
+    spec = load_spec(str(JOBS / "digits.toml"), overrides)
+    with pytest.raises(KeyboardInterrupt):
+        session.run(spec, Console(file=io.StringIO()), quiet=True)
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["state"] == "aborted" and status["message"].startswith("aborted by a second SIGINT at step 5")
