@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import signal
 from typing import Annotated, Any
 
 import typer
@@ -78,7 +79,11 @@ def run(
     atexit.register(gc.freeze)
     if overwrite and not fresh:
         raise UserError("--overwrite only goes with --fresh")
-    raise typer.Exit(session.run(load_spec(spec, set_), RunConsole(soft_wrap=True), quiet, fresh, overwrite))
+    code = session.run(load_spec(spec, set_), RunConsole(soft_wrap=True), quiet, fresh, overwrite)
+    # The run has ended (done, or stopped and saved): the process is on its way out, and one
+    # more Ctrl-C must not turn its exit code into death by SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise typer.Exit(code)
 
 
 @command()
