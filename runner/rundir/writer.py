@@ -87,17 +87,7 @@ class CheckpointWriter(CheckpointIndex):
             raise OSError(
                 f"the store holds {size} bytes (MD5 {digest}) of {entry.file}, written {entry.size} ({entry.md5})"
             )
-        previous = self.entries
-        self.entries = retain([entry, *previous], self.keep, self.pinned)
-        try:
-            self._write_record(self.seq + 1, "checkpoint")
-        except storage.AlreadyExists:
-            self.entries = previous
-            raise self._fenced(self.seq + 1) from None
-        except BaseException:
-            self.entries = previous
-            raise
-        self._prune()
+        self._commit_list(retain([entry, *self.entries], self.keep, self.pinned), "checkpoint")
         return entry
 
     def free_space(self) -> bool:
@@ -106,9 +96,14 @@ class CheckpointWriter(CheckpointIndex):
         kept = retain(self.entries, 1, self.pinned)
         if len(kept) == len(self.entries):
             return False
-        previous, self.entries = self.entries, kept
+        self._commit_list(kept, "free space")
+        return True
+
+    def _commit_list(self, entries: list[Entry], kind: str) -> None:
+        """Commit `entries` as the checkpoints that exist (the next record), then prune the rest."""
+        previous, self.entries = self.entries, entries
         try:
-            self._write_record(self.seq + 1, "free space")
+            self._write_record(self.seq + 1, kind)
         except storage.AlreadyExists:
             self.entries = previous
             raise self._fenced(self.seq + 1) from None
@@ -116,7 +111,6 @@ class CheckpointWriter(CheckpointIndex):
             self.entries = previous
             raise
         self._prune()
-        return True
 
     def _write_record(self, seq: int, kind: str) -> None:
         record = {
