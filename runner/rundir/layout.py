@@ -140,9 +140,6 @@ class RunDir:
         tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
         storage.write_bytes(self.path(FINAL_WEIGHTS), save(tensors, metadata=metadata))
 
-    def has_final(self) -> bool:
-        return storage.exists(self.path(FINAL_WEIGHTS))
-
     # -- the directory as a whole ----------------------------------------------
 
     def looks_like_a_run(self) -> bool:

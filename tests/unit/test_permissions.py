@@ -12,7 +12,7 @@ import pytest
 
 from runner import storage
 from runner.errors import UserError
-from runner.rundir.layout import RunDir, find_runs, newest_finished_sibling, open_run
+from runner.rundir.layout import FINAL_WEIGHTS, RunDir, find_runs, newest_finished_sibling, open_run
 from tests.helpers import OBJECT_ADMIN, OBJECT_VIEWER
 
 
@@ -78,7 +78,8 @@ def test_every_read_and_write_of_a_run_directory_needs_object_permissions_only(i
         storage.write_bytes(run.path("final/model.safetensors"), b"weights")
     assert [r.url for r in find_runs(f"{bucket}/runs")] == [f"{bucket}/runs/a", f"{bucket}/runs/b"]
     assert find_runs(bucket) == []  # the root holds no run, only runs/
-    assert open_run(f"{bucket}/runs/a").has_final()
+    final = open_run(f"{bucket}/runs/a").path(FINAL_WEIGHTS)
+    assert storage.exists(final) and storage.modified(final) is not None
     sibling = newest_finished_sibling(f"{bucket}/runs/c")
     assert sibling is not None and sibling.url in (f"{bucket}/runs/a", f"{bucket}/runs/b")
     RunDir(f"{bucket}/runs/b").delete_run()
