@@ -15,6 +15,10 @@ class Exit(IntEnum):
     # 128 + SIGTERM, as a shell reports a process a SIGTERM ended: "stopped, checkpoint
     # saved; resubmit to resume". Kubernetes retries it without counting a failure.
     PREEMPTED = 143
+    # sysexits' EX_TEMPFAIL: a distributed job lost a peer (a node, a worker) and this process
+    # stopped; the group re-forms and resumes from the last checkpoint. Kubernetes retries it
+    # without counting a failure, as it does a preemption.
+    PEER_LOST = 75
     ABORTED = 130  # 128 + SIGINT: a second Ctrl-C, which does not wait for a checkpoint
 
 
@@ -28,6 +32,11 @@ class UserError(Exception):
 
 class RunFailed(Exception):
     """A failure we can explain in one line (exit 1): no traceback, the reason."""
+
+
+class PeerLost(RunFailed):
+    """A collective or the rendezvous failed because another process of the job is gone
+    (exit 75): nothing is wrong with this process, and a restarted group resumes."""
 
 
 class Diverged(RunFailed):

@@ -77,6 +77,21 @@ class ResourcesSpec(_Table):
     grace_seconds: int = Field(30, ge=5)  # time from SIGTERM to SIGKILL: the emergency save must fit
     service_account: str = ""  # Kubernetes service account (bound to a Google one: Workload Identity)
     gcs_secret: str = ""  # or a Secret holding a Google service-account key as key.json
+    # Distributed training (torchrun): `nodes` pods (or machines) of `procs_per_node` processes
+    # each; 0 means one per GPU in `gpus`, or 1 without GPUs. batch_size is the global batch.
+    nodes: int = Field(1, ge=1, le=1024)
+    procs_per_node: int = Field(0, ge=0, le=256)
+    queue: str = Field("", pattern=r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?$")  # Kueue LocalQueue, if any
+
+    @property
+    def procs(self) -> int:
+        """Processes per node: `procs_per_node`, else one per GPU, else 1."""
+        return self.procs_per_node or max(self.gpus, 1)
+
+    @property
+    def world_size(self) -> int:
+        """Processes in the whole job (torchrun's WORLD_SIZE)."""
+        return self.nodes * self.procs
 
 
 class ImageSpec(_Table):
@@ -174,7 +189,30 @@ def validate_spec(raw: dict[str, Any], source: str, overridden: Mapping[str, str
     except ValidationError as e:
         prefix = () if e.title == JobSpec.__name__ else ("model_options",)
         raise UserError(_describe(e, prefix, raw, source, overridden or {})) from None
+    keys = ("batch_size", "resources.nodes", "resources.procs_per_node", "resources.gpus")
+    origin = next((o for k in keys if (o := _origin(k, source, overridden or {})) != source), source)
+    check_global_batch(spec.batch_size, spec.resources.world_size, origin)
     return spec.model_copy(update={"model_options": options.model_dump(mode="json", exclude_unset=False)})
+
+
+def check_global_batch(batch_size: int, world_size: int, source: str) -> None:
+    """UserError unless the global batch divides evenly among `world_size` processes.
+
+    Each process takes batch_size / world_size samples of every global batch, so the data
+    order and what the optimizer averages over do not depend on the world size.
+    """
+    if batch_size % world_size:
+        lower, upper = batch_size // world_size * world_size, (batch_size // world_size + 1) * world_size
+        raise UserError(
+            f"{source}: batch_size: {batch_size} is the global batch, shared by {world_size} processes "
+            f"(resources.nodes x processes per node), and must be a multiple of {world_size}; "
+            f"use {upper}" + (f" or {lower}" if lower else "")
+        )
+
+
+def _origin(key: str, source: str, overridden: Mapping[str, str]) -> str:
+    """The --set that set `key` (or a table above it), else the spec file."""
+    return next((f"--set {text}" for o, text in overridden.items() if key == o or key.startswith(o + ".")), source)
 
 
 def load_spec(path: str, overrides: Sequence[str] = ()) -> JobSpec:
@@ -287,9 +325,7 @@ def _describe(
             reason = str(err["ctx"]["error"])
         else:
             reason = f"{err['msg']} (got {err['input']!r})"
-        origin = next(
-            (f"--set {text}" for o, text in overridden.items() if key == o or key.startswith(o + ".")), source
-        )
+        origin = _origin(key, source, overridden)
         parts.append(f"{origin}: {key}: {reason}")
     return "; ".join(parts)
 

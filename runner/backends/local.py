@@ -1,8 +1,8 @@
 """The local backend: `runner run` in a child process on this machine.
 
 The child is what a container would run, so a job behaves the same here and on a
-cluster. It gets its own session, so a Ctrl-C reaches it exactly once: through
-this process, which forwards SIGINT, SIGTERM and SIGHUP.
+cluster: `runner run` for one process, torchrun (backends/torchrun.py) for several.
+Stop signals reach it through this process (backends/child.py).
 
 status, logs and cancel read the run directory (status.json, log.txt) rather than
 this process, so they work from another terminal, and for a run in a bucket.
@@ -13,41 +13,47 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
+from runner.backends import torchrun
 from runner.backends.api import Submission
+from runner.backends.child import supervise
 from runner.errors import RunFailed, UserError
 from runner.rundir import heartbeat, summary
 from runner.rundir.layout import open_run
-from runner.training.signals import STOP_SIGNALS
 
-FORWARDED = STOP_SIGNALS  # whatever stops `runner run` politely reaches it through `submit` too
 POLL_S = 1.0
 CANCEL_WAIT_S = 120.0  # an emergency save of a large state to a slow bucket takes a while
 
 
-def run_command(job: Submission) -> list[str]:
-    """The `runner run` command line for a submission (pure)."""
+def run_args(job: Submission) -> list[str]:
+    """`runner run`'s arguments for a submission (pure)."""
     asked = {"--quiet": job.quiet, "--fresh": job.fresh, "--overwrite": job.overwrite}
     flags = [flag for flag, on in asked.items() if on]
-    return [sys.executable, "-m", "runner", "run", job.spec_path, *(f"--set={o}" for o in job.overrides), *flags]
+    return ["run", job.spec_path, *(f"--set={o}" for o in job.overrides), *flags]
+
+
+def run_command(job: Submission) -> list[str]:
+    """The `runner run` command line for a submission (pure)."""
+    return [sys.executable, "-m", "runner", *run_args(job)]
 
 
 class LocalBackend:
     def submit(self, job: Submission) -> int:
-        """Run the job to completion in a child process; returns its exit code."""
-        child = subprocess.Popen(run_command(job), start_new_session=True)
-        previous = {sig: signal.signal(sig, lambda s, _: child.send_signal(s)) for sig in FORWARDED}
-        try:
-            code = child.wait()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        return 128 - code if code < 0 else code  # killed by signal N: the shell's 128+N
+        """Run the job to completion in child processes (torchrun's, for more than one);
+        returns its exit code."""
+        res = job.spec.resources
+        if res.nodes > 1:
+            raise UserError(
+                f"resources.nodes = {res.nodes}: the local backend runs one node; submit with --backend k8s, "
+                "or run `runner launch SPEC --node-rank N --rdzv-endpoint HOST:PORT` on each machine"
+            )
+        if res.world_size > 1:
+            return torchrun.launch(run_args(job), torchrun.Node(1, res.procs, run_id=job.spec.name))
+        return supervise(run_command(job))[0]
 
     def status(self, run: str) -> dict[str, Any]:
         return summary.read(open_run(run))

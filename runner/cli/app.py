@@ -1,7 +1,8 @@
 """The Typer application, and the one place that turns errors into exit codes.
 
 Exit codes (errors.Exit): 0 done, 1 failure, 2 bad input (one line on stderr, no
-traceback), 130 a second Ctrl-C. Command modules register on `app` with `command`.
+traceback), 3 diverged, 75 a distributed job lost a peer, 130 a second Ctrl-C, 143
+stopped by a signal after a checkpoint. Command modules register on `app` with `command`.
 
 Help texts (docstrings, `help=`) are plain text, shown as written: the app renders help
 without rich markup, which would read "[image]" as a style tag and drop it.
@@ -18,7 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from runner import __version__
-from runner.errors import Exit, RunFailed, UserError
+from runner.errors import Exit, PeerLost, RunFailed, UserError
 
 app = typer.Typer(
     name="runner",
@@ -40,6 +41,9 @@ def exit_codes(command: Callable[..., Any]) -> Callable[..., Any]:
         except UserError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(Exit.BAD_INPUT) from None
+        except PeerLost as e:
+            typer.echo(f"stopped: {e}", err=True)
+            raise typer.Exit(Exit.PEER_LOST) from None
         except RunFailed as e:
             typer.echo(f"failed: {e}", err=True)
             raise typer.Exit(Exit.FAILED) from None

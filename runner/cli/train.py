@@ -1,4 +1,4 @@
-"""Commands that train or ship a job: submit, run, validate, build, render, schedule."""
+"""Commands that train or ship a job: submit, run, launch, validate, build, render, schedule."""
 
 from __future__ import annotations
 
@@ -84,6 +84,49 @@ def run(
     # more Ctrl-C must not turn its exit code into death by SIGINT.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise typer.Exit(code)
+
+
+@command()
+def launch(
+    spec: SpecArg,
+    set_: SetOpt = [],
+    node_rank: Annotated[
+        int,
+        typer.Option(
+            "--node-rank", envvar="JOB_COMPLETION_INDEX", min=0, help="This node's index; node 0 hosts the rendezvous."
+        ),
+    ] = 0,
+    rdzv_endpoint: Annotated[
+        str,
+        typer.Option(
+            "--rdzv-endpoint", envvar="RUNNER_RDZV_ENDPOINT", metavar="HOST:PORT", help="Node 0's rendezvous address."
+        ),
+    ] = "",
+    run_id: Annotated[
+        str, typer.Option("--run-id", envvar="RUNNER_RUN_ID", help="Names the rendezvous (default: the job's name).")
+    ] = "",
+    quiet: QuietOpt = False,
+    fresh: FreshOpt = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Run this node's processes of a distributed job through torchrun (what each pod of one runs).
+
+    Exits as `runner run` does: 0, 1, 2 (bad input, before any process starts), 3, 143,
+    and 75 when a peer was lost (the group re-forms and resumes from the last checkpoint).
+    """
+    from runner.backends import torchrun
+    from runner.backends.api import Submission
+    from runner.backends.local import run_args
+    from runner.spec import load_spec
+
+    resolved = load_spec(spec, set_)  # bad input fails here, before any process group starts
+    res = resolved.resources
+    try:
+        node = torchrun.Node(res.nodes, res.procs, node_rank, rdzv_endpoint, run_id or resolved.name)
+    except ValueError as e:
+        raise UserError(f"{e}; give --node-rank and --rdzv-endpoint (resources.nodes = {res.nodes})") from None
+    job = Submission(spec, tuple(set_), resolved, quiet=quiet, fresh=fresh, overwrite=overwrite)
+    raise typer.Exit(torchrun.launch(run_args(job), node))
 
 
 @command()

@@ -1,0 +1,77 @@
+"""Distributed launches: torchrun starts the processes of one node, runner keeps the exit codes.
+
+A job of `resources.nodes` nodes x `procs` processes runs `runner launch` once per node
+(a pod of an Indexed Job, or a machine); it runs torch's own launcher, torchrun, which
+starts `runner run` once per process and re-forms the group when a process or a node
+is lost (its elastic agent: --max-restarts, a c10d rendezvous at node 0). What runner
+adds is the exit-code contract torchrun does not keep (see outcomes.py): bad input
+stops the launch at once and exits 2, a stop signal that every process honoured exits
+143, a node whose peers were lost exits 75, and Kubernetes retries the last two free.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+
+from runner import outcomes
+from runner.backends.child import supervise
+
+RDZV_PORT = 29400  # torchrun's default c10d port
+# Restarts of the whole node's group that torchrun makes by itself (a worker died, a peer
+# node was lost and its replacement joined). A new node joining does not count.
+MAX_RESTARTS = 3
+# How long a node waits for the others at a rendezvous: the pods of a job can start
+# minutes apart while a GPU node pool scales up.
+JOIN_TIMEOUT_S = 900
+# How long a node waits for the rendezvous store (node 0) before it gives up; torchrun's
+# elastic agent then fails, and this node's launcher exits 75 (the peer is gone).
+STORE_TIMEOUT_S = 60
+
+
+@dataclass(frozen=True)
+class Node:
+    """This node's place in a launch."""
+
+    nodes: int  # nodes in the job
+    procs: int  # processes on each node
+    rank: int = 0  # this node: 0 .. nodes - 1 (node 0 hosts the rendezvous)
+    endpoint: str = ""  # the rendezvous, host:port of node 0; "" with one node: this machine
+    run_id: str = "runner"  # names the rendezvous: the same on every node of one job
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.nodes:
+            raise ValueError(f"node rank {self.rank} is not in 0..{self.nodes - 1}")
+        if self.nodes > 1 and not self.endpoint:
+            raise ValueError(f"{self.nodes} nodes need a rendezvous endpoint (host:port of node 0)")
+
+
+def torchrun_command(run_args: list[str], node: Node) -> list[str]:
+    """The torchrun command line that runs `runner <run_args>` in `node.procs` processes (pure)."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nnodes={node.nodes}", f"--nproc-per-node={node.procs}",
+        f"--max-restarts={MAX_RESTARTS}", "--monitor-interval=0.5",
+    ]  # fmt: skip
+    if not node.endpoint:
+        command.append("--standalone")  # one node: a rendezvous on a free local port
+    else:
+        host = str(node.rank == 0).lower()
+        command += [
+            "--rdzv-backend=c10d", f"--rdzv-endpoint={node.endpoint}", f"--rdzv-id={node.run_id}",
+            f"--rdzv-conf=is_host={host},join_timeout={JOIN_TIMEOUT_S},read_timeout={STORE_TIMEOUT_S}",
+        ]  # fmt: skip
+    return [*command, "-m", "runner", *run_args]
+
+
+def launch(run_args: list[str], node: Node) -> int:
+    """Run `runner <run_args>` on this node through torchrun, passing on stop signals.
+    Returns the node's exit code (outcomes.exit_code)."""
+    with tempfile.TemporaryDirectory(prefix="runner-outcomes-") as recorded:
+        env = {**os.environ, outcomes.ENV: recorded}
+        code, stopped = supervise(
+            torchrun_command(run_args, node), env, check=lambda: outcomes.fatal(outcomes.read(recorded))
+        )
+        return outcomes.exit_code(code, outcomes.read(recorded), node.procs, stopped)
