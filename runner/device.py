@@ -35,8 +35,14 @@ class Placement:
         return self.device.split(":")[0]
 
 
-def resolve_device(requested: str, acc: Accelerators) -> str:
-    """`auto` prefers CUDA, then MPS, then CPU; an absent accelerator is a user error."""
+def resolve_device(requested: str, acc: Accelerators, local_rank: int = 0, local_procs: int = 1) -> str:
+    """`auto` prefers CUDA, then MPS, then CPU; an absent accelerator is a user error.
+
+    Of `local_procs` processes on one machine (torchrun's), process `local_rank` takes
+    GPU `local_rank`: `auto` and `cuda` mean that one, and one GPU cannot be named for all.
+    """
+    if local_procs > 1:
+        return _device_of_process(requested, acc, local_rank, local_procs)
     if requested == "auto":
         return "cuda:0" if acc.cuda_count else "mps" if acc.mps else "cpu"
     if requested.startswith("cuda"):
@@ -54,6 +60,24 @@ def resolve_device(requested: str, acc: Accelerators) -> str:
     return requested
 
 
+def _device_of_process(requested: str, acc: Accelerators, local_rank: int, local_procs: int) -> str:
+    if requested == "cpu" or (requested == "auto" and not acc.cuda_count):
+        return "cpu"  # MPS is one device, and gloo cannot reduce its tensors: several processes share the CPU
+    if requested.startswith("cuda:"):
+        raise UserError(
+            f"device: '{requested}' names one GPU for all {local_procs} processes of this machine; "
+            'set device = "cuda" (process N takes GPU N) or "auto"'
+        )
+    if requested == "mps":
+        raise UserError(f'device: mps cannot be shared by {local_procs} processes; set device = "cpu" or "auto"')
+    if local_procs > acc.cuda_count:
+        raise UserError(
+            f"resources.procs_per_node: {local_procs} processes need a GPU each, and this machine has "
+            f"{acc.cuda_count}; set procs_per_node (or gpus) to at most {acc.cuda_count}"
+        )
+    return f"cuda:{local_rank}"
+
+
 def resolve_precision(requested: str, device: str, acc: Accelerators) -> str:
     """`auto` means bf16 autocast where the GPU supports it, fp32 elsewhere."""
     kind = device.split(":")[0]
@@ -66,8 +90,8 @@ def resolve_precision(requested: str, device: str, acc: Accelerators) -> str:
     return requested
 
 
-def place(device: str, precision: str, acc: Accelerators) -> Placement:
-    resolved = resolve_device(device, acc)
+def place(device: str, precision: str, acc: Accelerators, local_rank: int = 0, local_procs: int = 1) -> Placement:
+    resolved = resolve_device(device, acc, local_rank, local_procs)
     # channels_last speeds up convolutions on CUDA tensor cores, and on a CPU through oneDNN
     # (measured on one core: the MNIST CNN's step 1.35x faster, with runner/models/nets.py pooling
     # before ReLU; resnet18 unchanged; an MLP unaffected). MPS has had bugs with it.
@@ -117,8 +141,9 @@ def cpu_budget(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     return cores
 
 
-def select(device: str, precision: str, threads: int) -> Placement:
-    """Ask torch what this machine has, decide, and set the CPU thread count."""
+def select(device: str, precision: str, threads: int, local_rank: int = 0, local_procs: int = 1) -> Placement:
+    """Ask torch what this machine has, decide, and set the CPU thread count (`threads`, or
+    this process's share of the cores when `local_procs` processes share the machine)."""
     import torch
 
     cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -127,6 +152,6 @@ def select(device: str, precision: str, threads: int) -> Placement:
         cuda_bf16=bool(cuda_count) and torch.cuda.is_bf16_supported(),
         mps=torch.backends.mps.is_available(),
     )
-    placement = place(device, precision, acc)
-    torch.set_num_threads(threads or cpu_budget())
+    placement = place(device, precision, acc, local_rank, local_procs)
+    torch.set_num_threads(threads or max(1, cpu_budget() // local_procs))
     return placement

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from runner import outcomes
 from runner.backends.child import supervise
+from runner.device import cpu_budget
 
 RDZV_PORT = 29400  # torchrun's default c10d port
 # Restarts of the whole node's group that torchrun makes by itself (a worker died, a peer
@@ -70,7 +71,9 @@ def launch(run_args: list[str], node: Node) -> int:
     """Run `runner <run_args>` on this node through torchrun, passing on stop signals.
     Returns the node's exit code (outcomes.exit_code)."""
     with tempfile.TemporaryDirectory(prefix="runner-outcomes-") as recorded:
-        env = {**os.environ, outcomes.ENV: recorded}
+        # Each process's share of the cores (torchrun would otherwise set 1 and say so in a banner).
+        threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, cpu_budget() // node.procs))
+        env = {**os.environ, outcomes.ENV: recorded, "OMP_NUM_THREADS": threads}
         code, stopped = supervise(
             torchrun_command(run_args, node), env, check=lambda: outcomes.fatal(outcomes.read(recorded))
         )

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from runner import __version__
+from runner import __version__, outcomes
 from runner.errors import Exit, PeerLost, RunFailed, UserError
 
 app = typer.Typer(
@@ -37,23 +37,36 @@ def exit_codes(command: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return command(*args, **kwargs)
-        except UserError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(Exit.BAD_INPUT) from None
-        except PeerLost as e:
-            typer.echo(f"stopped: {e}", err=True)
-            raise typer.Exit(Exit.PEER_LOST) from None
-        except RunFailed as e:
-            typer.echo(f"failed: {e}", err=True)
-            raise typer.Exit(Exit.FAILED) from None
-        except KeyboardInterrupt:
-            # On the way out with 130: yet another Ctrl-C must not turn that into death by SIGINT.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            typer.echo("aborted", err=True)
-            raise typer.Exit(Exit.ABORTED) from None
+            result = _mapped(command, *args, **kwargs)
+        except typer.Exit as e:
+            outcomes.record(e.exit_code)  # for the launcher, if torchrun started this process
+            raise
+        except BaseException:
+            outcomes.record(Exit.FAILED)
+            raise
+        outcomes.record(Exit.OK)
+        return result
 
     return wrapper
+
+
+def _mapped(command: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    try:
+        return command(*args, **kwargs)
+    except UserError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(Exit.BAD_INPUT) from None
+    except PeerLost as e:
+        typer.echo(f"stopped: {e}", err=True)
+        raise typer.Exit(Exit.PEER_LOST) from None
+    except RunFailed as e:
+        typer.echo(f"failed: {e}", err=True)
+        raise typer.Exit(Exit.FAILED) from None
+    except KeyboardInterrupt:
+        # On the way out with 130: yet another Ctrl-C must not turn that into death by SIGINT.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        typer.echo("aborted", err=True)
+        raise typer.Exit(Exit.ABORTED) from None
 
 
 def command(name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 from torch import nn
 
@@ -16,22 +20,44 @@ def _flat_size(features: nn.Module, in_shape: tuple[int, int, int]) -> int:
         return features(torch.zeros(1, *in_shape)).numel()
 
 
+# Which rows of the global batch this process's batch is, while a distributed step runs:
+# (offset, global batch size). Set by the training loop (`batch_share`).
+_SHARE: ContextVar[tuple[int, int] | None] = ContextVar("batch_share", default=None)
+
+
+@contextmanager
+def batch_share(offset: int, total: int) -> Iterator[None]:
+    """While a step runs on rows offset .. offset + len(x) of a global batch of `total`
+    samples, `Dropout` draws its mask for the whole global batch and keeps those rows: a
+    sample's mask depends on its place in the global batch, not on how many processes share
+    it (every process seeds its generators alike for a step: engine.step_seed)."""
+    token = _SHARE.set((offset, total))
+    try:
+        yield
+    finally:
+        _SHARE.reset(token)
+
+
 class Dropout(nn.Dropout):
-    """nn.Dropout, with its mask drawn three times faster on a CPU.
+    """nn.Dropout, with its mask drawn three times faster on a CPU, and independent of the
+    world size in a distributed run (see `batch_share`).
 
     On a CPU torch draws the mask with bernoulli_: one Mersenne Twister draw per element,
     in a serial loop, at about 10 ns each. After the convolutions that was the largest
     cost of the MNIST CNN's step (11% on 2 cores). Comparing uniform draws with p gives
     the same mask distribution (keep with probability 1 - p, scaled by 1 / (1 - p)) and
-    draws from the same generator, so runs stay deterministic. Elsewhere (CUDA's fused
-    kernel) and in evaluation this is nn.Dropout.
+    draws from the same generator, so runs stay deterministic. Outside a training step
+    on a GPU (CUDA's fused kernel) and in evaluation this is nn.Dropout.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or not 0 < self.p < 1 or self.inplace or x.device.type != "cpu":
+        share = _SHARE.get()
+        if not self.training or not 0 < self.p < 1 or self.inplace or (x.device.type != "cpu" and share is None):
             return super().forward(x)
+        offset, total = share or (0, len(x))
         # Drawn in fp32 whatever x is: bf16's coarse steps would bias the keep probability.
-        keep = torch.empty_like(x, dtype=torch.float32).uniform_().ge_(self.p)
+        draws = torch.empty((total, *x.shape[1:]), dtype=torch.float32, device=x.device).uniform_()
+        keep = draws[offset : offset + len(x)].ge_(self.p)
         return x * keep.to(x.dtype).mul_(1 / (1 - self.p))
 
 

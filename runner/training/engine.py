@@ -5,14 +5,20 @@ is gathered by index and normalised on the device, so a step runs no per-sample
 Python. Each epoch visits the samples in a permutation drawn from (seed, epoch),
 so the loop's position is just (epoch, batch): resuming skips to it by index
 instead of replaying a data loader.
+
+In a distributed run every process walks the same global batches and takes its
+share of each (`batch_size` is the global batch), so the data order does not depend
+on the world size; the loss is scaled so that DDP's averaged gradient is the global
+batch's mean gradient, and the metrics are sums over every process's share.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -23,7 +29,9 @@ from runner.data.datasets import Dataset, Split
 from runner.data.preprocessing import normalisation, normalise
 from runner.device import Placement, check_compile
 from runner.errors import Diverged
+from runner.models.nets import batch_share
 from runner.spec import TrainSpec
+from runner.training.distributed import Solo
 from runner.training.events import Listener
 
 EVAL_BATCH = 1024
@@ -53,6 +61,19 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator)
 
 
+def step_seed(seed: int, step: int) -> int:
+    """The seed of torch's generators for step `step` (pure, 63 bits), on every process.
+
+    Every random draw of a step (dropout) comes from it, so the draws are a function of
+    (spec, step), never of what the process did before: a resumed run draws what an
+    uninterrupted one drew, and no RNG state needs saving. runner's Dropout draws the
+    mask of the whole global batch and keeps its process's rows (models/nets.py
+    batch_share), so the masks do not depend on the world size either.
+    """
+    digest = hashlib.blake2b(f"{seed}/{step}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # torch.manual_seed takes up to 2**63 - 1 on every device
+
+
 class Running:
     """Sums over the current epoch's steps, kept on the device so steps never sync."""
 
@@ -61,8 +82,9 @@ class Running:
         self.correct = torch.zeros((), dtype=torch.int64, device=device)
         self.seen = 0
 
-    def add(self, loss: torch.Tensor, correct: torch.Tensor, n: int) -> None:
-        self.loss.add_(loss.float(), alpha=n)
+    def add(self, loss_sum: torch.Tensor, correct: torch.Tensor, n: int) -> None:
+        """Add a step's summed loss and correct count over its `n` samples."""
+        self.loss.add_(loss_sum.float())
         self.correct.add_(correct)
         self.seen += n
 
@@ -74,8 +96,8 @@ class Running:
 
 
 class TrainState:
-    """Model, optimizer, AMP scaler, RNG, position and metrics: all of it. (The learning rate
-    is a function of the position: see `learning_rate`.)
+    """Model, optimizer, AMP scaler, position and metrics: all of it. (The learning rate and
+    the random draws are functions of the position: see `learning_rate` and `step_seed`.)
 
     `state_dict()` holds only tensors and plain Python values, so it loads with
     `torch.load(weights_only=True)`. `batch` is the next batch of epoch `epoch`;
@@ -87,19 +109,6 @@ class TrainState:
         self.epoch = self.batch = self.step = 0
         self.history: list[dict[str, Any]] = []  # one record per finished epoch
         self.running = Running(next(model.parameters()).device)
-        # The RNG stream (dropout) belongs to the run, not to the process: whatever else
-        # draws from torch's global generator between steps cannot change the weights.
-        self.rng, self._rng_live = _rng_state(), False
-
-    @contextmanager
-    def rng_in_use(self) -> Iterator[None]:
-        """Install this run's RNG state in torch for the duration (a training pass)."""
-        _set_rng_state(self.rng)
-        self._rng_live = True
-        try:
-            yield
-        finally:
-            self.rng, self._rng_live = _rng_state(), False
 
     def check_finite(self) -> None:
         """Raise Diverged unless the epoch's running loss and every weight are finite.
@@ -117,7 +126,6 @@ class TrainState:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": _rng_state() if self._rng_live else self.rng,
             "position": {"epoch": self.epoch, "batch": self.batch, "step": self.step},
             "running": {"loss": self.running.loss, "correct": self.running.correct, "seen": self.running.seen},
             "history": [dict(r) for r in self.history],
@@ -132,9 +140,6 @@ class TrainState:
         # drops the old scale. (A disabled scaler saves {}, which an enabled one refuses.)
         if self.scaler.is_enabled() and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
-        self.rng = state["rng"]
-        if self._rng_live:
-            _set_rng_state(self.rng)
         pos = state["position"]
         self.epoch, self.batch, self.step = pos["epoch"], pos["batch"], pos["step"]
         self.running.loss.copy_(state["running"]["loss"])
@@ -144,8 +149,9 @@ class TrainState:
 
 
 class Trainer:
-    """The loop: trains `model` on `data` as `cfg` says, on `placement`'s device, reporting to a
-    `Listener`. Holds the splits on the device (uint8) and all training state in `state`."""
+    """The loop: trains `model` on `data` as `cfg` says, on `placement`'s device, as one process
+    of `group`, reporting to a `Listener`. Holds the splits on the device (uint8) and all
+    training state in `state` (the same on every process of a group)."""
 
     def __init__(self, cfg: TrainSpec, model: nn.Module, data: Dataset, placement: Placement):
         self.cfg, self.placement, self.info = cfg, placement, data.info
@@ -155,9 +161,6 @@ class Trainer:
         model = model.to(self.device, memory_format=self.memory_format)
         if cfg.compile:
             check_compile(self.device.type)
-        # The compiled module shares the model's parameters; the state stays the plain model,
-        # so checkpoints and weights carry no compiler wrapper and load anywhere.
-        self.forward = torch.compile(model) if cfg.compile else model
         # Moved once: every step then gathers its batch on the device.
         self.train, self.val, self.test = (self._to_device(s) for s in (data.train, data.val, data.test))
         self.scale, self.shift = normalisation(data.info.mean, data.info.std, self.device)
@@ -166,6 +169,18 @@ class Trainer:
         # Loss scaling is needed for fp16 only; disabled, the scaler passes through.
         scaler = torch.amp.GradScaler(self.device.type, enabled=placement.precision == "fp16")
         self.state = TrainState(model, optimizer, scaler)
+        self.join(Solo())
+
+    def join(self, group: Solo) -> None:
+        """Train as one process of `group` from now on (DDP broadcasts rank 0's weights to all)."""
+        model, self.group = self.state.model, group
+        # The compiled module (and DDP) share the model's parameters; the state stays the plain
+        # model, so checkpoints and weights carry no wrapper and load anywhere.
+        trained = group.wrap(model, self.device)
+        self.forward = torch.compile(trained) if self.cfg.compile else trained
+        # Evaluation runs on the plain model: DDP's forward is a collective (it broadcasts
+        # buffers), and the processes evaluate different numbers of chunks.
+        self.infer = self.forward if trained is model else torch.compile(model) if self.cfg.compile else model
 
     def _to_device(self, split: Split) -> Split:
         return Split(split.x.to(self.device), split.y.to(self.device))
@@ -179,12 +194,10 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def fit(self, events: Listener, stop: Callable[[], bool] = lambda: False) -> bool:
-        """Train to `cfg.epochs`. Returns False if `stop()` said so between two steps."""
-        with self.state.rng_in_use():
-            return self._fit(events, stop)
-
-    def _fit(self, events: Listener, stop: Callable[[], bool]) -> bool:
+        """Train to `cfg.epochs`. Returns False if `stop()` said so between two steps (in a
+        group, `stop` must be a collective decision: every process stops at the same step)."""
         s, bs, n = self.state, self.cfg.batch_size, len(self.train)
+        rank, world = self.group.rank, self.group.world_size
         while s.epoch < self.cfg.epochs:
             order = epoch_order(n, self.cfg.seed, s.epoch).to(self.device)
             events.epoch_start(s.epoch, s.batch, self.batches)
@@ -192,9 +205,14 @@ class Trainer:
             while s.batch < self.batches:
                 if stop():
                     return False
-                idx = order[s.batch * bs : (s.batch + 1) * bs]
+                idx = order[s.batch * bs : (s.batch + 1) * bs]  # the global batch
+                # This process's share: rows offset .. offset + len(mine) of the global batch
+                # (tensor_split's sizes: the first len % world shares are one longer).
+                mine = idx.tensor_split(world)[rank] if world > 1 else idx
+                offset = rank * (len(idx) // world) + min(rank, len(idx) % world)
                 # index_select copies whole rows; x[idx] (advanced indexing) is ~15x slower on a CPU.
-                self._step(self.train.x.index_select(0, idx), self.train.y.index_select(0, idx))
+                with batch_share(offset, len(idx)):
+                    self._step(self.train.x.index_select(0, mine), self.train.y.index_select(0, mine), len(idx))
                 s.batch += 1
                 s.step += 1
                 samples += len(idx)
@@ -228,48 +246,73 @@ class Trainer:
         """The learning rate of step `step` in this run (see `learning_rate`)."""
         return learning_rate(self.cfg.lr, self.cfg.lr_schedule, step, self.cfg.epochs * self.batches)
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        s = self.state
+    def _step(self, x: torch.Tensor, y: torch.Tensor, n: int) -> None:
+        """One optimizer step on this process's share (`x`, `y`) of a global batch of `n` samples.
+
+        Collectives (DDP's gradient all-reduce, the metrics' sums) all come before the state
+        changes: a step that fails because a peer is gone leaves the state of the last step.
+        """
+        s, world = self.state, self.group.world_size
+        torch.manual_seed(step_seed(self.cfg.seed, s.step))
         if self.cfg.lr_schedule != "constant":
             rate = self.lr(s.step)
             for group in s.optimizer.param_groups:
                 group["lr"] = rate
         with self._autocast():
             logits = self.forward(self._inputs(x))
-            loss = F.cross_entropy(logits, y)
+            loss_sum = F.cross_entropy(logits, y, reduction="sum")
+        # DDP averages the processes' gradients (divides their sum by the world size): scaled
+        # so, the result is the gradient of the global batch's mean loss, whatever the split.
+        loss = loss_sum * (world / n)
+        correct = (logits.argmax(1) == y).sum()
         s.optimizer.zero_grad(set_to_none=True)
         if s.scaler.is_enabled():  # fp16 only
             s.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        if world > 1:  # the metrics of the whole global batch, on every process
+            sums = torch.stack([loss_sum.detach().double(), correct.double()])
+            self.group.sum_(sums)
+            loss_sum, correct = sums[0], sums[1].long()
+        if s.scaler.is_enabled():
             s.scaler.step(s.optimizer)
             s.scaler.update()
         else:
-            loss.backward()
             s.optimizer.step()
-        s.running.add(loss.detach(), (logits.argmax(1) == y).sum(), len(y))
+        s.running.add(loss_sum.detach(), correct, n)
 
     @torch.no_grad()
     def evaluate(
         self, split: Split, stop: Callable[[], bool] = lambda: False
     ) -> tuple[float | None, float | None] | None:
-        """(mean loss, accuracy) on a split, (None, None) for an empty one, None if stopped."""
+        """(mean loss, accuracy) on a split, (None, None) for an empty one, None if stopped.
+
+        The split is cut into chunks of EVAL_BATCH; in a group, process r evaluates chunks r,
+        r + W, ... and the per-chunk sums are gathered (each has one non-zero contribution,
+        so the sum is exact) and added up in chunk order: the numbers do not depend on W.
+        """
         if not len(split):
             return None, None
+        chunks, rank, world = math.ceil(len(split) / EVAL_BATCH), self.group.rank, self.group.world_size
+        dtype = torch.float32 if self.device.type == "mps" else torch.float64  # MPS has no float64
+        sums = torch.zeros((chunks, 2), dtype=dtype, device=self.device)  # (loss sum, correct) per chunk
         model = self.state.model
         model.eval()
-        loss = torch.zeros((), device=self.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
         try:
-            for i in range(0, len(split), EVAL_BATCH):
+            for first in range(0, chunks, world):  # every process asks stop() equally often
                 if stop():
                     return None
-                x, y = split.x[i : i + EVAL_BATCH], split.y[i : i + EVAL_BATCH]
-                with self._autocast():
-                    logits = self.forward(self._inputs(x))
-                loss += F.cross_entropy(logits.float(), y, reduction="sum")
-                correct += (logits.argmax(1) == y).sum()
+                if (chunk := first + rank) < chunks:
+                    x, y = (t[chunk * EVAL_BATCH : (chunk + 1) * EVAL_BATCH] for t in (split.x, split.y))
+                    with self._autocast():
+                        logits = self.infer(self._inputs(x))
+                    sums[chunk, 0] = F.cross_entropy(logits.float(), y, reduction="sum")
+                    sums[chunk, 1] = (logits.argmax(1) == y).sum()
         finally:
             model.train()
-        return loss.item() / len(split), correct.item() / len(split)
+        self.group.sum_(sums)
+        loss, correct = sums.sum(0).tolist()
+        return loss / len(split), correct / len(split)
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a saved state (checkpoints from before the closed-form learning rate
@@ -285,17 +328,3 @@ def _optimizer(cfg: TrainSpec, params: Any, device: torch.device) -> torch.optim
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
-
-
-def _rng_state() -> dict[str, Any]:
-    # Dropout draws from these; the data order does not (see epoch_order).
-    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

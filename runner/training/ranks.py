@@ -18,6 +18,7 @@ class Rank:
     rank: int = 0  # 0 .. world_size - 1, across every node
     world_size: int = 1  # processes in the job
     local_rank: int = 0  # on this node: which GPU is this process's
+    local_world_size: int = 1  # processes on this node: they share its CPU cores
 
     @property
     def is_writer(self) -> bool:
@@ -32,7 +33,12 @@ class Rank:
         """
         if "WORLD_SIZE" not in env:
             return Rank()
-        rank = Rank(int(env.get("RANK", "0")), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0")))
-        if not 0 <= rank.rank < rank.world_size or rank.local_rank < 0:
-            raise ValueError(f"RANK={rank.rank}, LOCAL_RANK={rank.local_rank} do not fit WORLD_SIZE={rank.world_size}")
+        local_rank = int(env.get("LOCAL_RANK", "0"))
+        local_world_size = int(env.get("LOCAL_WORLD_SIZE", str(local_rank + 1)))
+        rank = Rank(int(env.get("RANK", "0")), int(env["WORLD_SIZE"]), local_rank, local_world_size)
+        if not 0 <= rank.rank < rank.world_size or not 0 <= rank.local_rank < rank.local_world_size:
+            raise ValueError(
+                f"RANK={rank.rank}, LOCAL_RANK={rank.local_rank} do not fit WORLD_SIZE={rank.world_size}, "
+                f"LOCAL_WORLD_SIZE={rank.local_world_size}"
+            )
         return rank

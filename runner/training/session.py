@@ -13,22 +13,20 @@ that verifies.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import signal
 import time
-import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from runner import storage
-from runner.errors import Diverged, Exit, RunFailed, UserError
+from runner.errors import Diverged, Exit, PeerLost, RunFailed, UserError
 from runner.rundir import heartbeat
 from runner.rundir.layout import FINAL_WEIGHTS, RunDir, weights_metadata
-from runner.spec import JobSpec, to_toml
+from runner.spec import JobSpec, check_global_batch, to_toml
 from runner.timebox import call_by
+from runner.training.library_logs import library_logs_to
 from runner.training.progress import show
 from runner.training.ranks import Rank
 from runner.training.signals import StopNow
@@ -41,8 +39,8 @@ if TYPE_CHECKING:
     from runner.training.signals import Preemption
 
 
-def build_trainer(spec: JobSpec) -> Trainer:
-    """Device, data and model for `spec`: every check of the input that needs torch."""
+def build_trainer(spec: JobSpec, rank: Rank = Rank()) -> Trainer:
+    """Device, data and model for `spec`, for process `rank`: every check of the input that needs torch."""
     import torch
 
     from runner.data.datasets import load_dataset
@@ -50,7 +48,7 @@ def build_trainer(spec: JobSpec) -> Trainer:
     from runner.models.registry import build_model
     from runner.training.engine import Trainer
 
-    placement = select(spec.device, spec.precision, spec.threads)
+    placement = select(spec.device, spec.precision, spec.threads, rank.local_rank, rank.local_world_size)
     data = load_dataset(spec.data.dataset, spec.data.root, spec.data.download, spec.data.val_fraction, spec.seed)
     torch.manual_seed(spec.seed)  # seeds the weights and dropout (CPU and every GPU)
     model = build_model(spec.model, spec.model_options, data.info.shape, data.info.num_classes)
@@ -63,11 +61,11 @@ def run(spec: JobSpec, console: Console, quiet: bool = False, fresh: bool = Fals
     anything is written) and RunFailed."""
     from runner.training.signals import Preemption
 
-    rank = _rank()
+    rank = _rank(spec)
     # From the start: a SIGTERM while data loads is honoured at the first step, and one
     # during the final saves cannot cut them short.
     with Preemption() as preempted:
-        trainer = build_trainer(spec)
+        trainer = build_trainer(spec, rank)
         session = Session(spec, rank, console)
         try:
             return session.run(trainer, preempted, quiet, fresh, overwrite)
@@ -75,15 +73,13 @@ def run(spec: JobSpec, console: Console, quiet: bool = False, fresh: bool = Fals
             raise storage.failure(spec.checkpoint.dir, e) from None
 
 
-def _rank() -> Rank:
+def _rank(spec: JobSpec) -> Rank:
+    """This process's place in the job, as its launcher (torchrun, or none) says."""
     try:
         rank = Rank.detect()
     except ValueError as e:
         raise UserError(f"torchrun's environment: {e}") from None
-    if rank.world_size > 1:
-        raise UserError(
-            f"WORLD_SIZE={rank.world_size}: this runner trains in one process; start `runner run` without torchrun"
-        )
+    check_global_batch(spec.batch_size, rank.world_size, f"WORLD_SIZE={rank.world_size} (torchrun's)")
     return rank
 
 
@@ -104,12 +100,13 @@ class Session:
         self.note = ""  # what status.json says beside "done"
 
     def say(self, message: str) -> None:
-        """A line for the person watching, and for log.txt.
+        """A line for the person watching, and for log.txt (rank 0's; the others train quietly).
 
         The terminal may be gone (progress.show): then the line is in log.txt alone.
         """
-        self.log(message)
-        show(self.console, message)
+        if self.rank.is_writer:
+            self.log(message)
+            show(self.console, message)
 
     def log(self, message: str) -> None:
         """A line for log.txt alone."""
@@ -122,26 +119,31 @@ class Session:
 
     def _run(self, trainer: Trainer, preempted: Preemption, quiet: bool, fresh: bool, overwrite: bool) -> int:
         from runner.rundir.writer import Fenced
-        from runner.training import resume
+        from runner.training import distributed, follower
 
-        spec, run_dir, state = self.spec, self.run_dir, trainer.state
-        storage.check_reachable(run_dir.url)
-        self.heartbeat = heartbeat.Heartbeat(run_dir, lambda: {"epoch": state.epoch, "step": state.step})
-        if fresh:
-            resume.start_over(run_dir, overwrite)
-        writer = run_dir.checkpoint_writer(spec.checkpoint.keep)
-        if spec.init_from and not writer.refresh():  # a resumed run keeps its own weights
-            resume.warm_start(trainer, spec.init_from, run_dir, self.say)
-        resumed = resume.claim_and_resume(writer, trainer, spec, self.say)
-        run_dir.write_spec(to_toml(spec))
-        info = {"name": spec.name, "epochs": spec.epochs, "steps_total": spec.epochs * trainer.batches}
-        self.heartbeat.start(info, resumed=resumed is not None)
+        spec, state = self.spec, trainer.state
+        writer, resumed = self._claim(trainer, fresh, overwrite) if self.rank.is_writer else (None, None)
+        # Every input has been checked (rank 0 has read the run directory too): the processes
+        # meet only now, so bad input ends a launch before any process group exists.
+        group = distributed.join(self.rank, trainer.device)
+        trainer.join(group)
+        if group.world_size > 1:
+            resumed = group.broadcast(resumed)
+            if not self.rank.is_writer:
+                follower.resume_like_rank_0(trainer, self.run_dir, resumed)
         # Until a step is trained past the newest checkpoint (or past the start), a stop loses
         # nothing: it need not wait for the step, or for the compiler compiling it.
         start = resumed.step if resumed else state.step
-        preempted.nothing_to_save = lambda: state.step == max(start, writer.entries[0].step if writer.entries else 0)
+        newest = lambda: writer.entries[0].step if writer and writer.entries else 0  # noqa: E731
+        preempted.nothing_to_save = lambda: state.step == max(start, newest())
+        stop = lambda: group.any(preempted())  # noqa: E731 - every process stops at the same step
+        if writer is None:
+            return follower.follow(trainer, stop)
         try:
-            code = self._train(trainer, writer, resumed, quiet, preempted)
+            code = self._train(trainer, writer, resumed, quiet, preempted, stop)
+        except PeerLost as e:
+            self._end(heartbeat.PREEMPTED, str(e))
+            raise
         except Fenced:
             self.heartbeat.abandon()  # the run directory is another attempt's now: leave its status alone
             raise
@@ -170,14 +172,40 @@ class Session:
             self._end(heartbeat.PREEMPTED, f"stopped by {_signal_name(preempted.signum)} at step {state.step}")
         return code
 
+    def _claim(self, trainer: Trainer, fresh: bool, overwrite: bool) -> tuple[CheckpointWriter, Entry | None]:
+        """Rank 0: take the run directory and restore its newest checkpoint, if any (or warm-start).
+        Returns the writer and the checkpoint resumed from."""
+        from runner.training import resume
+
+        spec, run_dir, state = self.spec, self.run_dir, trainer.state
+        storage.check_reachable(run_dir.url)
+        self.heartbeat = heartbeat.Heartbeat(run_dir, lambda: {"epoch": state.epoch, "step": state.step})
+        if fresh:
+            resume.start_over(run_dir, overwrite)
+        writer = run_dir.checkpoint_writer(spec.checkpoint.keep)
+        if spec.init_from and not writer.refresh():  # a resumed run keeps its own weights
+            resume.warm_start(trainer, spec.init_from, run_dir, self.say)
+        resumed = resume.claim_and_resume(writer, trainer, spec, self.say)
+        run_dir.write_spec(to_toml(spec))
+        info = {"name": spec.name, "epochs": spec.epochs, "steps_total": spec.epochs * trainer.batches}
+        self.heartbeat.start({**info, "world_size": self.rank.world_size}, resumed=resumed is not None)
+        return writer, resumed
+
     def _train(
-        self, trainer: Trainer, writer: CheckpointWriter, resumed: Entry | None, quiet: bool, preempted: Preemption
+        self,
+        trainer: Trainer,
+        writer: CheckpointWriter,
+        resumed: Entry | None,
+        quiet: bool,
+        preempted: Preemption,
+        stop: Callable[[], bool],
     ) -> int:
         """Train to the end (0) or to a stop signal (143, after a checkpoint)."""
         import torch
 
         from runner.rundir.writer import encode
         from runner.training.checkpointer import Checkpointer
+        from runner.training.distributed import peer_lost
         from runner.training.events import Listeners
         from runner.training.listeners import Checkpoints, LogFile, MetricsFile
         from runner.training.progress import ProgressDisplay
@@ -208,8 +236,14 @@ class Session:
                 # at an epoch's end: its metrics, its checkpoint, its line on screen, in log.txt.
                 writes = [MetricsFile(run_dir, state, self.say), Checkpoints(checkpointer, state)]
                 listeners = Listeners([*writes, display, LogFile(self.log, spec.epochs)] if self.rank.is_writer else [])
-                finished = trainer.fit(listeners, preempted)
-                test = trainer.evaluate(trainer.test, preempted) if finished else None
+                try:
+                    finished = trainer.fit(listeners, stop)
+                    test = trainer.evaluate(trainer.test, stop) if finished else None
+                except Exception as e:
+                    if (lost := peer_lost(e, state.step)) is None:
+                        raise
+                    self._save_what_is_left(checkpointer, state.step)
+                    raise lost from None
             if test is not None:  # a stop from here on waits for the final saves, never cuts them short
                 preempted.nothing_to_save = lambda: False
             if test is None:
@@ -256,6 +290,17 @@ class Session:
                 raise
             self.say(f"{self.run_dir.url} is full ({e.strerror}): kept only the newest checkpoint to write the weights")
             self.run_dir.write_final(weights, metadata)
+
+    def _save_what_is_left(self, checkpointer: Checkpointer, step: int) -> None:
+        """A peer is gone: save rank 0's state, which is the last step's on every rank (a step
+        changes the state only after its collectives), so the re-formed group loses nothing."""
+        deadline = time.monotonic() + self.spec.resources.grace_seconds - SAVE_MARGIN_S
+        try:
+            entry = checkpointer.save_now(step, deadline=deadline)
+        except Exception as e:  # noqa: BLE001 - the newest checkpoint is still there to resume from
+            self.say(f"a peer is gone, and the checkpoint at step {step} could not be saved: {_first_line(e)}")
+            return
+        self.say(f"a peer is gone: saved the checkpoint at step {entry.step}")
 
     def _diverged(self, error: Diverged, writer: CheckpointWriter) -> int:
         newest = writer.entries[0].step if writer.entries else None
@@ -315,41 +360,3 @@ def _first_line(error: BaseException) -> str:
 
 def _signal_name(signum: int | None) -> str:
     return signal.Signals(signum).name if signum else "a signal"
-
-
-# Libraries that log their retries with full tracebacks (gcsfs logs each exhausted retry
-# with logger.exception: 216 lines on stderr for one store outage).
-LIBRARY_LOGGERS = ("gcsfs", "fsspec")
-
-
-@contextlib.contextmanager
-def library_logs_to(log: Callable[[str], None]) -> Iterator[None]:
-    """While a run trains, the storage libraries' warnings go to log.txt as one line each (the
-    first traceback with them, once), never to the terminal, where a person reads runner's
-    own one-line account of the same event."""
-    handler = _OneLineHandler(log)
-    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
-    saved = [(logger, logger.propagate) for logger in loggers]
-    for logger in loggers:
-        logger.addHandler(handler)
-        logger.propagate = False  # not to the root logger, nor Python's last-resort stderr handler
-    try:
-        yield
-    finally:
-        for logger, propagate in saved:
-            logger.removeHandler(handler)
-            logger.propagate = propagate
-
-
-class _OneLineHandler(logging.Handler):
-    def __init__(self, log: Callable[[str], None]):
-        super().__init__(logging.WARNING)
-        self.write, self.traced = log, False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with contextlib.suppress(Exception):  # logging must never stop training
-            self.write(f"{record.name}: {(record.getMessage().strip().splitlines() or [''])[0]}")
-            if record.exc_info and not self.traced:
-                self.traced = True
-                for line in "".join(traceback.format_exception(*record.exc_info)).rstrip().splitlines():
-                    self.write(f"  {line}")

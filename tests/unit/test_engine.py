@@ -256,9 +256,9 @@ def test_each_epoch_trains_on_the_batches_epoch_order_gives(monkeypatch: pytest.
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     step = t._step
 
-    def recording(x: torch.Tensor, y: torch.Tensor) -> None:
+    def recording(x: torch.Tensor, y: torch.Tensor, n: int) -> None:
         seen.append((x.clone(), y.clone()))
-        step(x, y)
+        step(x, y, n)
 
     monkeypatch.setattr(t, "_step", recording)
 
