@@ -118,7 +118,7 @@ def k8s_emulator() -> Iterator[K8sEmulatorHandle]:
                 kmock.Server(emulator, host="127.0.0.1") as server,
             ):  # port=None -> free port
                 # A real API server knows these before any object exists (an empty list, not a 404).
-                for resource in ("v1/pods", "v1/configmaps", "batch/v1/jobs", "batch/v1/cronjobs"):
+                for resource in ("v1/pods", "v1/configmaps", "v1/services", "batch/v1/jobs", "batch/v1/cronjobs"):
                     emulator.resources[resource] = {}
                 ready.set_result(K8sEmulatorHandle(emulator, server, loop))
                 await stop.wait()

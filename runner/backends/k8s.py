@@ -13,6 +13,7 @@ from typing import Any
 
 from runner.backends import manifests
 from runner.backends.api import Submission
+from runner.backends.k8s_names import service_name
 from runner.errors import RunFailed, UserError
 
 
@@ -43,20 +44,20 @@ class K8sBackend:
         self.batch = client.BatchV1Api(api_client)
 
     def submit(self, job: Submission) -> int:
-        """Create the spec's ConfigMap and its Job (or CronJob), named after the spec."""
+        """Create the spec's ConfigMap, the headless Service of a multi-node job, and its Job (or
+        CronJob), named after the spec; if one is refused, delete those created before it."""
         from runner.backends import image as images
         from runner.spec import to_toml
 
         image = job.image or images.reference(job.spec.image)
-        config_map, workload = manifests.render(job.spec, to_toml(job.spec), image)
-        create = (
-            self.batch.create_namespaced_cron_job if workload["kind"] == "CronJob" else self.batch.create_namespaced_job
-        )
-        self._create(self.core.create_namespaced_config_map, config_map)
+        created: list[dict[str, Any]] = []
         try:
-            self._create(create, workload)
+            for manifest in manifests.render(job.spec, to_toml(job.spec), image):
+                self._create(self._api(manifest["kind"], "create"), manifest)
+                created.append(manifest)
         except BaseException:
-            self._delete(self.core.delete_namespaced_config_map, config_map["metadata"]["name"])
+            for manifest in reversed(created):
+                self._delete(self._api(manifest["kind"], "delete"), manifest["metadata"]["name"])
             raise
         return 0
 
@@ -105,7 +106,7 @@ class K8sBackend:
             stream.release_conn()
 
     def cancel(self, name: str) -> str:
-        """Delete the Job (and its pods) or the CronJob, and the spec's ConfigMap."""
+        """Delete the Job (and its pods) or the CronJob, the spec's ConfigMap and the headless Service."""
         from kubernetes.client import V1DeleteOptions
 
         foreground = V1DeleteOptions(propagation_policy="Foreground")
@@ -114,9 +115,20 @@ class K8sBackend:
         if not deleted:
             raise UserError(f"no job or cronjob named '{name}' in namespace {self.namespace}")
         self._delete(self.core.delete_namespaced_config_map, f"{name}-spec")
+        self._delete(self.core.delete_namespaced_service, service_name(name))  # a multi-node job's
         return f"cancelled {name} in namespace {self.namespace} (its pods get SIGTERM and save a checkpoint)"
 
     # -- edges ----------------------------------------------------------------
+
+    def _api(self, kind: str, verb: str) -> Any:
+        """The client method that creates or deletes a namespaced object of `kind`."""
+        api, resource = {
+            "ConfigMap": (self.core, "config_map"),
+            "Service": (self.core, "service"),
+            "Job": (self.batch, "job"),
+            "CronJob": (self.batch, "cron_job"),
+        }[kind]
+        return getattr(api, f"{verb}_namespaced_{resource}")
 
     def _create(self, create: Any, manifest: dict[str, Any]) -> None:
         from kubernetes.client.exceptions import ApiException

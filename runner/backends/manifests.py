@@ -2,19 +2,30 @@
 
 `runner render` prints them as YAML; the Kubernetes backend creates them. A Job
 retries failures (up to `resources.retries`) but never counts preemptions (the
-DisruptionTarget pod condition) and fails at once on bad input (exit code 2).
-Every attempt reads the same spec from a ConfigMap, so it resumes the same
-checkpoint directory; each run of a CronJob gets a directory of its own, named by
-its Job (read through the downward API). Names the API server would refuse for an
-object derived from the spec's name (a CronJob's is limited to 52 characters) are
-refused here first, by `check_names`, which `runner validate` calls too.
+DisruptionTarget pod condition), a stop after a saved checkpoint (143) or a lost
+peer (75), and fails at once on bad input (2) or a diverged run (3). Every attempt
+reads the same spec from a ConfigMap, so it resumes the same checkpoint directory;
+each run of a CronJob gets a directory of its own, named by its Job (read through
+the downward API). A job of several processes runs `runner launch` (torchrun); one
+of several nodes is an Indexed Job, one pod per node, with a headless Service that
+gives node 0 (the rendezvous) a DNS name, or with `--jobset` a JobSet, which
+restarts its pods together. Names the API server would refuse are refused first,
+by `check_names` (k8s_names.py), which `runner validate` calls too.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any, NamedTuple
 
+from runner.backends.k8s_names import (
+    REPLICATED_JOB,
+    check_names,
+    config_map_name,
+    indexed_host,
+    job_set_host,
+    service_name,
+)
+from runner.backends.torchrun import RDZV_PORT
 from runner.errors import Exit, UserError
 from runner.spec import JobSpec, ScheduleSpec
 
@@ -25,9 +36,14 @@ WORKDIR = "/workspace"  # writable scratch: relative data.root and caches land h
 UID = 1000  # the image's non-root user
 GKE_SPOT = "cloud.google.com/gke-spot"
 GKE_ACCELERATOR = "cloud.google.com/gke-accelerator"
+KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+RUN_ID = "$(RUNNER_RUN_ID)"  # the env var, expanded by the kubelet in later env values and args
 
 Manifest = dict[str, Any]
 FAIL_AT_ONCE = [int(Exit.BAD_INPUT), int(Exit.DIVERGED)]  # exit codes a retry cannot change
+# Exit codes that are no failure: stopped after saving a checkpoint, or a peer lost (the
+# group re-forms); the retry resumes. A crash (1) on every attempt still uses up `retries`.
+RETRY_FREE = [int(Exit.PEER_LOST), int(Exit.PREEMPTED)]
 
 
 def _labels(spec: JobSpec) -> dict[str, str]:
@@ -38,8 +54,14 @@ def _metadata(name: str, spec: JobSpec) -> dict[str, Any]:
     return {"name": name, "labels": _labels(spec)}
 
 
-def config_map_name(spec: JobSpec) -> str:
-    return f"{spec.name}-spec"
+def _workload_metadata(name: str, spec: JobSpec) -> dict[str, Any]:
+    """Metadata of what Kueue admits as a whole (a Job, a CronJob's job template, a JobSet):
+    the queue label. Kueue's webhook then creates it suspended until admitted
+    (kueue.sigs.k8s.io/docs/tasks/run/jobs/, .../run/jobsets/, .../run/run_cronjobs/)."""
+    metadata = _metadata(name, spec)
+    if spec.resources.queue:
+        metadata["labels"][KUEUE_QUEUE] = spec.resources.queue
+    return metadata
 
 
 def check_cluster_ready(spec: JobSpec) -> None:
@@ -48,83 +70,6 @@ def check_cluster_ready(spec: JobSpec) -> None:
         raise UserError(
             f"checkpoint.dir: '{spec.checkpoint.dir}' is on the pod's own disk, which a preemption deletes; "
             "use a bucket, e.g. --set checkpoint.dir=gs://my-bucket/runs/" + spec.name
-        )
-
-
-# What the API server accepts for the names runner derives from `spec.name` (the spec
-# itself holds it to a DNS label, 63 characters; some derived names must be shorter):
-# - ConfigMap `<name>-spec`: a DNS-1123 subdomain, at most 253 characters
-#   (ValidateConfigMapName = NameIsDNSSubdomain, pkg/apis/core/validation; apimachinery's
-#   IsDNS1123Subdomain; kubernetes.io/docs/concepts/overview/working-with-objects/names/).
-# - Label values (`app.kubernetes.io/instance: <name>` on every object and pod): at most
-#   63 characters, alphanumeric at both ends (apimachinery's IsValidLabelValue;
-#   kubernetes.io/docs/concepts/overview/working-with-objects/labels/).
-# - Job `<name>`: a DNS subdomain, and at most 63 characters, because the API server puts
-#   the name on its pods as the `job-name` and `batch.kubernetes.io/job-name` label values
-#   (ValidateGeneratedSelector, pkg/apis/batch/validation; "must be no more than 63
-#   characters" on spec.template.labels; kubernetes.io/docs/concepts/workloads/controllers/job/).
-# - CronJob `<name>`: at most 52 = 63 - 11, because its controller names each Job
-#   `<name>-<scheduled time in minutes>` and that Job name must fit the 63 above
-#   (ValidateCronJobCreate, pkg/apis/batch/validation; kubernetes #50850;
-#   kubernetes.io/docs/concepts/workloads/controllers/cron-jobs/).
-# - Pods need no rule of their own: a Job's pods get generateName `<job name>-`, which the
-#   API server cuts to 58 characters before adding 5 random ones
-#   (maxGeneratedNameLength, apiserver/pkg/storage/names/generate.go).
-DNS_SUBDOMAIN_MAX = 253
-LABEL_VALUE_MAX = 63
-JOB_NAME_MAX = 63
-CRONJOB_NAME_MAX = 52
-DNS_SUBDOMAIN_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-LABEL_VALUE_RE = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
-
-
-class DerivedName(NamedTuple):
-    kind: str  # where the name goes: "CronJob", "ConfigMap", "label app.kubernetes.io/instance"
-    name: str  # what the spec makes of `spec.name` there
-    rule: str  # "a CronJob's name"
-    most: int  # characters allowed
-    why: str
-    pattern: re.Pattern[str]
-
-
-def derived_names(spec: JobSpec) -> list[DerivedName]:
-    """Every name runner derives from the spec, for the objects this spec creates (a CronJob
-    only when scheduled), tightest rule first."""
-    name = spec.name
-    if spec.schedule.cron:
-        why = "Kubernetes appends an 11-character suffix to it to name its Jobs"
-        workload = DerivedName("CronJob", name, "a CronJob's name", CRONJOB_NAME_MAX, why, DNS_SUBDOMAIN_RE)
-    else:
-        why = "Kubernetes puts it in its pods' job-name label"
-        workload = DerivedName("Job", name, "a Job's name", JOB_NAME_MAX, why, DNS_SUBDOMAIN_RE)
-    label = "label app.kubernetes.io/instance"
-    return [
-        workload,
-        DerivedName(label, name, "a label's value", LABEL_VALUE_MAX, f"runner sets the {label} to it", LABEL_VALUE_RE),
-        DerivedName("ConfigMap", config_map_name(spec), "a ConfigMap's name", DNS_SUBDOMAIN_MAX, "a DNS subdomain",
-                    DNS_SUBDOMAIN_RE),
-    ]  # fmt: skip
-
-
-def check_names(spec: JobSpec) -> None:
-    """Refuse, before anything is sent, a name the API server would refuse for an object runner creates."""
-    for derived in derived_names(spec):
-        check_name(spec.name, derived)
-
-
-def check_name(spec_name: str, derived: DerivedName) -> None:
-    """UserError naming the object, the derived name, its limit and the fix, if `derived` breaks its rule."""
-    kind, name, rule, most, why, pattern = derived
-    subject = f"name: '{spec_name}'" + (f" makes the {kind} name '{name}', which" if name != spec_name else "")
-    if len(name) > most:
-        raise UserError(
-            f"{subject} is {len(name)} characters; {rule} may have at most {most} ({why}); "
-            f"shorten name to at most {most - (len(name) - len(spec_name))} characters"
-        )
-    if not pattern.fullmatch(name):
-        raise UserError(
-            f"{subject} is not valid as {rule} ({kind}): use lowercase letters, digits and '-', "
-            "starting and ending with a letter or digit"
         )
 
 
@@ -137,25 +82,49 @@ def config_map(spec: JobSpec, spec_toml: str) -> Manifest:
     }
 
 
-def _container(spec: JobSpec, image: str, scheduled: bool) -> dict[str, Any]:
+class Pods(NamedTuple):
+    """What differs between the pods of a Job, of a CronJob's Jobs and of a JobSet."""
+
+    scheduled: bool = False  # a CronJob's: each run trains from scratch in a directory of its own
+    indexed: bool = False  # one pod per node, each told its index (JOB_COMPLETION_INDEX)
+    rendezvous: str = ""  # DNS name of node 0, which hosts the c10d rendezvous ("": one node)
+    subdomain: str = ""  # the headless Service the pods' hostnames resolve under ("": none of runner's)
+
+
+def _pods(spec: JobSpec, scheduled: bool) -> Pods:
+    """A Job's or a CronJob's pods: several nodes are an Indexed Job, found through a Service."""
+    if spec.resources.nodes == 1:
+        return Pods(scheduled)
+    subdomain = service_name(spec.name)
+    job_name = RUN_ID if scheduled else spec.name  # a CronJob names each Job when it runs it
+    return Pods(scheduled, True, indexed_host(job_name, 0, subdomain), subdomain)
+
+
+def _container(spec: JobSpec, image: str, pods: Pods) -> dict[str, Any]:
     res = spec.resources
-    args = ["run", SPEC_FILE]
-    if scheduled:  # each scheduled run trains from scratch in a directory of its own
-        args += ["--set", f"checkpoint.dir={spec.checkpoint.dir.rstrip('/')}/$(RUNNER_RUN_ID)"]
+    # Several processes: `runner launch` runs torchrun, which starts `runner run` once per process.
+    args = ["launch" if res.world_size > 1 else "run", SPEC_FILE]
+    if pods.scheduled:  # each scheduled run trains from scratch in a directory of its own
+        args += ["--set", f"checkpoint.dir={spec.checkpoint.dir.rstrip('/')}/{RUN_ID}"]
     limits: dict[str, Any] = {"memory": res.memory}
     if res.gpus:
         limits["nvidia.com/gpu"] = str(res.gpus)  # a quantity: the API client insists on a string
     env: list[dict[str, Any]] = [
-        # The Job's name: the same for every retry of one Job, new for each CronJob run.
+        # The Job's name: the same for every retry of one Job, new for each CronJob run; it
+        # also names the rendezvous (torchrun's --rdzv-id).
         {"name": "RUNNER_RUN_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['job-name']"}}},
         {"name": "HOME", "value": WORKDIR},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
+    if pods.rendezvous:  # after RUNNER_RUN_ID, which it may name: the kubelet expands earlier vars only
+        env.insert(1, {"name": "RUNNER_RDZV_ENDPOINT", "value": f"{pods.rendezvous}:{RDZV_PORT}"})
     mounts = [
         {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
         {"name": "workspace", "mountPath": WORKDIR},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
+    if _needs_shm(spec):
+        mounts.append({"name": "shm", "mountPath": "/dev/shm"})
     if res.gcs_secret:
         env.append({"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": "/var/secrets/google/key.json"})
         mounts.append({"name": "gcs-key", "mountPath": "/var/secrets/google", "readOnly": True})
@@ -175,7 +144,14 @@ def _container(spec: JobSpec, image: str, scheduled: bool) -> dict[str, Any]:
     }
 
 
-def _pod_template(spec: JobSpec, image: str, scheduled: bool) -> dict[str, Any]:
+def _needs_shm(spec: JobSpec) -> bool:
+    """A container's /dev/shm is 64 MB unless a volume replaces it: too little for NCCL's
+    buffers between GPUs of one pod and for the DataLoader's workers, which pass batches
+    through shared memory (pytorch/pytorch#2244; NCCL troubleshooting, "Shared memory")."""
+    return spec.resources.gpus > 0 or spec.resources.world_size > 1
+
+
+def _pod_template(spec: JobSpec, image: str, pods: Pods) -> dict[str, Any]:
     res = spec.resources
     pod: dict[str, Any] = {
         "restartPolicy": "Never",  # the Job retries, in a new pod, under its podFailurePolicy
@@ -187,13 +163,19 @@ def _pod_template(spec: JobSpec, image: str, scheduled: bool) -> dict[str, Any]:
             "fsGroup": UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [_container(spec, image, scheduled)],
+        "containers": [_container(spec, image, pods)],
         "volumes": [
             {"name": "spec", "configMap": {"name": config_map_name(spec)}},
             {"name": "workspace", "emptyDir": {}},
             {"name": "tmp", "emptyDir": {}},
         ],
     }
+    if pods.subdomain:  # hostname <job>-<index> resolves as <job>-<index>.<subdomain>
+        pod["subdomain"] = pods.subdomain
+    if _needs_shm(spec):
+        # RAM-backed, and counted against the container's memory limit whatever its size
+        # (kubernetes.io/docs/concepts/storage/volumes/#emptydir): the limit is the bound.
+        pod["volumes"].append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": res.memory}})
     if res.service_account:
         pod["serviceAccountName"] = res.service_account
     if res.gcs_secret:
@@ -213,43 +195,59 @@ def _pod_template(spec: JobSpec, image: str, scheduled: bool) -> dict[str, Any]:
     return {"metadata": {"labels": _labels(spec)}, "spec": pod}
 
 
-def _job_spec(spec: JobSpec, image: str, scheduled: bool) -> dict[str, Any]:
+def _on_exit(action: str, operator: str, values: list[int]) -> dict[str, Any]:
+    # The API server wants the values sorted and unique, and no 0 with In
+    # (validatePodFailurePolicyRuleOnExitCodes, pkg/apis/batch/validation).
+    requirement = {"containerName": CONTAINER, "operator": operator, "values": sorted(set(values))}
+    return {"action": action, "onExitCodes": requirement}
+
+
+def _job_spec(spec: JobSpec, image: str, pods: Pods) -> dict[str, Any]:
     res = spec.resources
-    return {
+    job_spec: dict[str, Any] = {
         "backoffLimit": res.retries,
         "activeDeadlineSeconds": round(res.deadline_hours * 3600),
         "ttlSecondsAfterFinished": round(res.ttl_hours * 3600),
+        # The first rule that matches a failed pod decides
+        # (kubernetes.io/docs/concepts/workloads/controllers/job/#pod-failure-policy).
         "podFailurePolicy": {
             "rules": [
-                # A preempted or evicted pod saved its checkpoint: retry it, for free.
+                # A preempted or evicted pod saved its checkpoint: retry it, for free, whatever
+                # it exited with (kubeflow/trainer #1570, jobset #1117).
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
                 # Bad input, and a diverged run (training is deterministic), fail the same way
-                # every time: stop now.
-                {
-                    "action": "FailJob",
-                    "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": list(FAIL_AT_ONCE)},
-                },
+                # every time: stop now, every node.
+                _on_exit("FailJob", "In", FAIL_AT_ONCE),
+                # Stopped after saving a checkpoint (143), or a peer lost (75): no failure; the
+                # new pod resumes. activeDeadlineSeconds still bounds a job that never ends.
+                _on_exit("Ignore", "In", RETRY_FREE),
                 # Anything else (a crash, an unreachable store) may pass: use a retry.
-                {
-                    "action": "Count",
-                    "onExitCodes": {
-                        "containerName": CONTAINER,
-                        "operator": "NotIn",
-                        "values": [int(Exit.OK), *FAIL_AT_ONCE],
-                    },
-                },
+                _on_exit("Count", "NotIn", [int(Exit.OK), *FAIL_AT_ONCE, *RETRY_FREE]),
             ]
         },
-        "template": _pod_template(spec, image, scheduled),
     }
+    if pods.indexed:
+        # One pod per node, each with JOB_COMPLETION_INDEX (its node rank) and hostname
+        # <job>-<index>. The Job succeeds when every index has (the default): every node's
+        # `runner launch` exits 0 when the group finishes. No backoffLimitPerIndex: the nodes
+        # train one model, so a failure on any of them spends the job's one budget of
+        # `retries`, and a node out of retries must end the job, not leave the others waiting.
+        job_spec |= {"completionMode": "Indexed", "completions": res.nodes, "parallelism": res.nodes}
+        # A replacement pod only once the pod it replaces has ended (the only value allowed
+        # with a podFailurePolicy): two pods never hold one hostname, and the old one's
+        # emergency checkpoint is committed before the new one resumes
+        # (kubernetes.io/docs/concepts/workloads/controllers/job/#pod-replacement-policy).
+        job_spec["podReplacementPolicy"] = "Failed"
+    job_spec["template"] = _pod_template(spec, image, pods)
+    return job_spec
 
 
 def job(spec: JobSpec, image: str) -> Manifest:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(spec.name, spec),
-        "spec": _job_spec(spec, image, scheduled=False),
+        "metadata": _workload_metadata(spec.name, spec),
+        "spec": _job_spec(spec, image, _pods(spec, scheduled=False)),
     }
 
 
@@ -265,17 +263,92 @@ def cron_job(spec: JobSpec, image: str, schedule: ScheduleSpec) -> Manifest:
             "startingDeadlineSeconds": schedule.starting_deadline_s,
             "successfulJobsHistoryLimit": 3,
             "failedJobsHistoryLimit": 3,
-            "jobTemplate": {"metadata": {"labels": _labels(spec)}, "spec": _job_spec(spec, image, scheduled=True)},
+            "jobTemplate": {
+                "metadata": {"labels": _workload_metadata(spec.name, spec)["labels"]},
+                "spec": _job_spec(spec, image, _pods(spec, scheduled=True)),
+            },
         },
     }
 
 
-def render(spec: JobSpec, spec_toml: str, image: str) -> list[Manifest]:
-    """What `runner submit --backend k8s` applies: the spec's ConfigMap, then its Job or CronJob."""
+def service(spec: JobSpec) -> Manifest:
+    """The headless Service under which a multi-node Job's pods get DNS names: node 0's is the
+    rendezvous every node dials."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(service_name(spec.name), spec),
+        "spec": {
+            "clusterIP": "None",  # headless: a DNS record per pod, no virtual IP
+            # Names before readiness: the nodes rendezvous while starting, and runner's pods
+            # have no readiness probe (jobset #504, kubernetes #117819).
+            "publishNotReadyAddresses": True,
+            "selector": _labels(spec),
+            "ports": [{"name": "rendezvous", "port": RDZV_PORT, "protocol": "TCP"}],
+        },
+    }
+
+
+def job_set(spec: JobSpec, image: str) -> Manifest:
+    """A JobSet (jobset.x-k8s.io, what Kubeflow Trainer v2 runs on): the same Indexed Job as its
+    one replicated Job, but on a failure the whole group restarts together."""
+    res = spec.resources
+    rendezvous = job_set_host(spec.name, 0) if res.nodes > 1 else ""
+    nodes = _job_spec(spec, image, Pods(indexed=True, rendezvous=rendezvous))
+    # Any counted failure fails the child Job at once and the JobSet recreates every pod: at
+    # scale, nodes replaced one by one time out at different moments and never re-form
+    # (kubeflow/trainer #2000). `retries` becomes the JobSet's restarts (jobset's examples:
+    # simple/max-restarts.yaml). Preemptions, 75 and 143 are still ignored in the child Job.
+    nodes["backoffLimit"] = 0
+    ttl = nodes.pop("ttlSecondsAfterFinished")  # the JobSet's: it deletes its Jobs with it
+    return {
+        "apiVersion": "jobset.x-k8s.io/v1alpha2",
+        "kind": "JobSet",
+        "metadata": _workload_metadata(spec.name, spec),
+        "spec": {
+            # JobSet's own headless Service, named after the JobSet: pods resolve as
+            # <jobset>-<replicatedJob>-<job index>-<pod index>.<subdomain>, before they are Ready.
+            "network": {"enableDNSHostnames": True, "publishNotReadyAddresses": True, "subdomain": spec.name},
+            "failurePolicy": {
+                "maxRestarts": res.retries,
+                # The next attempt starts once every pod of this one is gone: no two pods with one
+                # hostname, and the emergency checkpoints are committed before anyone resumes.
+                "restartStrategy": "BlockingRecreate",
+                # The child Job failed by its podFailurePolicy (bad input, diverged) or ran out
+                # of time: a restart would end the same way.
+                "rules": [
+                    {
+                        "name": "failAtOnce",
+                        "action": "FailJobSet",
+                        "onJobFailureReasons": ["PodFailurePolicy", "DeadlineExceeded"],
+                    }
+                ],
+            },
+            "ttlSecondsAfterFinished": ttl,
+            "replicatedJobs": [
+                {
+                    "name": REPLICATED_JOB,
+                    "replicas": 1,
+                    "template": {"metadata": {"labels": _labels(spec)}, "spec": nodes},
+                }
+            ],
+        },
+    }
+
+
+def render(spec: JobSpec, spec_toml: str, image: str, jobset: bool = False) -> list[Manifest]:
+    """What `runner submit --backend k8s` applies: the spec's ConfigMap, then the headless Service
+    of a multi-node job, then its Job or CronJob; with `jobset`, the ConfigMap and a JobSet."""
     check_cluster_ready(spec)
-    check_names(spec)
-    workload = cron_job(spec, image, spec.schedule) if spec.schedule.cron else job(spec, image)
-    return [config_map(spec, spec_toml), workload]
+    if jobset and spec.schedule.cron:
+        raise UserError("--jobset: a JobSet runs once and has no schedule; drop --schedule (or --jobset for a CronJob)")
+    check_names(spec, jobset)
+    if jobset:
+        workloads = [job_set(spec, image)]
+    else:
+        workload = cron_job(spec, image, spec.schedule) if spec.schedule.cron else job(spec, image)
+        workloads = [service(spec), workload] if spec.resources.nodes > 1 else [workload]
+    return [config_map(spec, spec_toml), *workloads]
 
 
 def to_yaml(manifests: list[Manifest]) -> str:

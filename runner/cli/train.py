@@ -182,6 +182,9 @@ def render(
         str, typer.Option("--schedule", metavar="CRON", help='Render a CronJob on this schedule, e.g. "0 3 * * *".')
     ] = "",
     image: ImageOpt = "",
+    jobset: Annotated[
+        bool, typer.Option("--jobset", help="Render a JobSet (restarts all nodes together) instead of a Job.")
+    ] = False,
 ) -> None:
     """Print the Kubernetes objects `submit --backend k8s` would create, as YAML."""
     from runner.backends import image as images
@@ -189,7 +192,7 @@ def render(
     from runner.spec import load_spec, to_toml
 
     resolved = load_spec(spec, [*set_, *([f"schedule.cron={schedule}"] if schedule else [])])
-    objects = manifests.render(resolved, to_toml(resolved), image or images.reference(resolved.image))
+    objects = manifests.render(resolved, to_toml(resolved), image or images.reference(resolved.image), jobset)
     typer.echo(manifests.to_yaml(objects), nl=False)
 
 

@@ -131,6 +131,63 @@ def test_cancel_deletes_the_job_and_its_spec(k8s_emulator: K8sEmulatorHandle, ba
         backend.cancel("cnn")
 
 
+TWO_NODES = ("resources.nodes=2", "resources.gpus=8")
+
+
+def names(k8s: K8sEmulatorHandle) -> dict[str, list[str]]:
+    """What the cluster holds of ours: ConfigMaps, Services and Jobs, by name."""
+    api = k8s.api_client()
+    core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+    return {
+        "configmaps": [c.metadata.name for c in core.list_namespaced_config_map(NS).items],
+        "services": [s.metadata.name for s in core.list_namespaced_service(NS).items],
+        "jobs": [j.metadata.name for j in batch.list_namespaced_job(NS).items],
+    }
+
+
+def test_a_two_node_job_is_its_spec_a_headless_service_and_an_indexed_job_and_cancel_removes_all(
+    k8s_emulator: K8sEmulatorHandle, backend: K8sBackend
+) -> None:
+    spec = cnn(*TWO_NODES)
+    assert backend.submit(submission(spec)) == 0
+    assert names(k8s_emulator) == {"configmaps": ["cnn-spec"], "services": ["cnn-nodes"], "jobs": ["cnn"]}
+    _, service, job = render(spec, to_toml(spec), IMAGE)
+    assert stored(k8s_emulator, "v1/services", "cnn-nodes")["spec"] == service["spec"]
+    created = stored(k8s_emulator, "batch/v1/jobs", "cnn")["spec"]
+    assert created == job["spec"] and created["completionMode"] == "Indexed"
+    assert backend.cancel("cnn").startswith("cancelled cnn")
+    assert names(k8s_emulator) == {"configmaps": [], "services": [], "jobs": []}
+
+
+def test_a_refused_indexed_job_leaves_neither_its_spec_nor_its_service(
+    k8s_emulator: K8sEmulatorHandle, backend: K8sBackend
+) -> None:
+    refuse(k8s_emulator, "jobs", 422, "Invalid", 'Job.batch "cnn" is invalid')
+    with pytest.raises(UserError, match="the cluster refused the Job 'cnn'"):
+        backend.submit(submission(cnn(*TWO_NODES)))
+    left = names(k8s_emulator)  # (the emulator keeps even a Job it answered 422 to: not runner's to delete)
+    assert (left["configmaps"], left["services"]) == ([], [])  # rolled back, newest first
+
+
+def test_a_single_node_job_has_no_service_and_cancel_does_not_need_one(
+    k8s_emulator: K8sEmulatorHandle, backend: K8sBackend
+) -> None:
+    backend.submit(submission(cnn("resources.gpus=8")))  # 8 processes, one pod
+    assert names(k8s_emulator) == {"configmaps": ["cnn-spec"], "services": [], "jobs": ["cnn"]}
+    backend.cancel("cnn")
+    assert names(k8s_emulator) == {"configmaps": [], "services": [], "jobs": []}
+
+
+def test_validate_refuses_a_name_too_long_for_the_service_of_a_two_node_job(tmp_path: Path) -> None:
+    name = "a" * 58  # a Job may have 61 with 2 nodes; the Service <name>-nodes only 63
+    result = runner_cli("validate", str(JOBS / "cnn.toml"), "--set", f"name={name}", "--set", "resources.nodes=2",
+                        cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2 and one_line(result.stderr) == (
+        f"error: name: '{name}' makes the Service name '{name}-nodes', which is 64 characters; a Service's name "
+        "may have at most 63 (a DNS-1035 label); shorten name to at most 57 characters"
+    )
+
+
 def kubeconfig(tmp_path: Path, url: str) -> dict[str, str]:
     config = {
         "apiVersion": "v1",
