@@ -13,6 +13,7 @@ that verifies.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -80,6 +81,12 @@ def _rank(spec: JobSpec) -> Rank:
     except ValueError as e:
         raise UserError(f"torchrun's environment: {e}") from None
     check_global_batch(spec.batch_size, rank.world_size, f"WORLD_SIZE={rank.world_size} (torchrun's)")
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if rank.world_size > 1 and not os.environ.get(name)]
+    if missing:
+        raise UserError(
+            f"torchrun's environment: WORLD_SIZE={rank.world_size} but no {' or '.join(missing)}, so the processes "
+            "cannot meet; start them with torchrun (runner submit and runner launch do)"
+        )
     return rank
 
 

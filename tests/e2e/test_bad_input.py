@@ -116,15 +116,19 @@ def test_unknown_cli_option_exits_2(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
-        ({"RANK": "1", "WORLD_SIZE": "2"}, "WORLD_SIZE=2: this runner trains in one process"),
+        ({"RANK": "1", "WORLD_SIZE": "2"}, "torchrun's environment: WORLD_SIZE=2 but no MASTER_ADDR or MASTER_PORT"),
         ({"RANK": "3", "WORLD_SIZE": "2"}, "torchrun's environment: RANK=3, LOCAL_RANK=0 do not fit WORLD_SIZE=2"),
+        (
+            {"RANK": "0", "WORLD_SIZE": "3", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"},
+            "WORLD_SIZE=3 (torchrun's): batch_size: 128 is the global batch, shared by 3 processes",
+        ),
     ],
-    ids=["several-processes", "rank-out-of-range"],
+    ids=["no-rendezvous", "rank-out-of-range", "global-batch-not-divisible"],
 )
 def test_a_launch_across_processes_is_refused_before_anything_is_written(
     env: dict[str, str], expected: str, tmp_path: Path
 ) -> None:
-    # Without DDP, N processes would each train the same job into one run directory.
+    # Found before any process group starts (or any run directory is written).
     (tmp_path / "job.toml").write_text(GOOD)
     _assert_clean_exit_2(runner_cli("run", "job.toml", cwd=tmp_path, env=env), expected, tmp_path)
 

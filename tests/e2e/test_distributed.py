@@ -1,0 +1,295 @@
+"""Distributed training on a CPU: real torchrun launches of 2 gloo processes (and two torchrun
+"nodes" on 127.0.0.1 with a c10d rendezvous), killed and stopped the ways clusters do it.
+
+The reference is one uninterrupted 2-process run; every interrupted run must end with
+final weights bitwise equal to it, whether a worker, a whole process tree or a whole
+node was killed. One process and two record the same metrics and see the same samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from runner.rundir.layout import RunDir
+from tests.helpers import JOBS, REPO, read_weights, runner_cli, same_tensors
+
+# The CNN with dropout and Adam: 41 global batches of 32 an epoch, a checkpoint every 3 steps.
+SPEC = ["--set=device=cpu", "--set=epochs=2", "--set=batch_size=32", "--set=checkpoint.every_steps=3"]
+TWO = "--set=resources.procs_per_node=2"
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+DIGITS = str(JOBS / "digits.toml")
+
+
+class Job:
+    """A `runner` process (submit or launch) whose output is collected, line by line, with times."""
+
+    def __init__(self, *args: str, cwd: Path):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runner", *args],
+            cwd=cwd,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: list[tuple[float, str]] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append((time.monotonic(), line))
+
+    @property
+    def out(self) -> str:
+        return "".join(line for _, line in self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 120) -> float:
+        """When a line matching `pattern` came (waiting for it)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for at, line in list(self.lines):
+                if re.search(pattern, line):
+                    return at
+            assert self.proc.poll() is None or self.reader.is_alive(), f"ended without /{pattern}/:\n{self.out}"
+            time.sleep(0.02)
+        raise AssertionError(f"no /{pattern}/ in {timeout} s:\n{self.out}")
+
+    def finish(self, timeout: float = 240) -> int:
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            kill_tree(self.proc.pid)
+            raise AssertionError(f"hung:\n{self.out}") from None
+        self.reader.join(10)
+        return code
+
+
+def submit(run_dir: Path, *extra: str, cwd: Path) -> Job:
+    return Job("submit", DIGITS, *SPEC, *extra, f"--set=checkpoint.dir={run_dir}", "--quiet", cwd=cwd)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (through /proc), whatever session torchrun put them in."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def workers(pid: int) -> list[int]:
+    """The `runner run` processes below `pid`."""
+    found = []
+    for child in descendants(pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"runner" in cmdline and b"run" in cmdline:
+            found.append(child)
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL `pid` and everything below it at once: a node lost, a pod deleted by force."""
+    for victim in [pid, *descendants(pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+
+
+def newest_step(run_dir: Path) -> int:
+    entries = RunDir(str(run_dir)).checkpoint_index().refresh()
+    return entries[0].step if entries else 0
+
+
+def wait_for_a_checkpoint_after(step: int, run_dir: Path, job: Job, timeout: float = 120) -> int:
+    deadline = time.monotonic() + timeout
+    while (newest := newest_step(run_dir)) <= step and job.proc.poll() is None:
+        assert time.monotonic() < deadline, f"no checkpoint past step {step}:\n{job.out}"
+        time.sleep(0.02)
+    return newest
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One uninterrupted 2-process run: its final weights and metrics."""
+    cwd = tmp_path_factory.mktemp("reference")
+    job = submit(cwd / "run", TWO, cwd=cwd)
+    assert job.finish() == 0, job.out
+    return {"weights": read_weights(cwd / "run/final/model.safetensors"), "metrics": metrics(cwd / "run")}
+
+
+def test_two_processes_are_deterministic_and_record_what_one_process_records(reference: dict, tmp_path: Path) -> None:
+    again, one = submit(tmp_path / "again", TWO, cwd=tmp_path), None
+    assert again.finish() == 0, again.out
+    assert same_tensors(read_weights(tmp_path / "again/final/model.safetensors"), reference["weights"])
+    one = submit(tmp_path / "one", "--set=resources.procs_per_node=1", "--set=threads=1", cwd=tmp_path)
+    assert one.finish() == 0, one.out
+    # Metrics of the global batch and the whole validation set, not of rank 0's share (which
+    # would be off by far more): after one epoch equal up to the order in which floating-point
+    # sums were taken; Adam then amplifies those last bits over the second epoch's 41 steps.
+    solo, pair = metrics(tmp_path / "one"), reference["metrics"]
+    assert [(r["epoch"], r["step"]) for r in solo] == [(r["epoch"], r["step"]) for r in pair]
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        assert pair[0][key] == pytest.approx(solo[0][key], rel=1e-3), (key, solo[0], pair[0])
+    assert pair[-1]["test_acc"] == pytest.approx(solo[-1]["test_acc"], abs=0.02), (solo[-1], pair[-1])
+
+
+def test_sigkill_of_one_worker_at_random_moments_recovers_by_itself_bitwise(reference: dict, tmp_path: Path) -> None:
+    """torchrun's elastic agent restarts the group from the newest checkpoint, in the same launch."""
+    run_dir, rng, kills = tmp_path / "run", random.Random(13), 0
+    job = submit(run_dir, TWO, cwd=tmp_path)
+    while kills < 2:
+        started, step = time.monotonic(), newest_step(run_dir)
+        if wait_for_a_checkpoint_after(step, run_dir, job) >= 70 or job.proc.poll() is not None:
+            break
+        time.sleep(rng.uniform(0.0, 1.0) * (time.monotonic() - started))
+        victims = workers(job.proc.pid)
+        assert len(victims) == 2, job.out
+        os.kill(rng.choice(victims), signal.SIGKILL)
+        kills += 1
+        job.wait_for(r"resumed from step", timeout=120) if kills == 1 else None
+    assert job.finish() == 0, job.out
+    assert kills == 2 and len(re.findall(r"resumed from step \d+", job.out)) >= 2, job.out
+    assert same_tensors(read_weights(run_dir / "final/model.safetensors"), reference["weights"])
+
+
+def test_sigkill_of_the_whole_process_tree_then_resubmit_ends_bitwise_equal(reference: dict, tmp_path: Path) -> None:
+    run_dir, rng = tmp_path / "run", random.Random(7)
+    job = submit(run_dir, TWO, cwd=tmp_path)
+    started = time.monotonic()
+    wait_for_a_checkpoint_after(6, run_dir, job)
+    time.sleep(rng.uniform(0.0, 1.0) * (time.monotonic() - started) / 2)
+    kill_tree(job.proc.pid)
+    job.finish()
+    again = submit(run_dir, TWO, cwd=tmp_path)
+    assert again.finish() == 0, again.out
+    assert re.search(r"resumed from step \d+", again.out), again.out
+    assert same_tensors(read_weights(run_dir / "final/model.safetensors"), reference["weights"])
+
+
+def test_sigterm_to_the_launcher_saves_once_exits_143_within_10_s_and_resumes_bitwise(
+    reference: dict, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    job = submit(run_dir, TWO, cwd=tmp_path)
+    wait_for_a_checkpoint_after(3, run_dir, job)
+    sent = time.monotonic()
+    job.proc.send_signal(signal.SIGTERM)  # what the kubelet sends the container's PID 1
+    code = job.finish()
+    took = time.monotonic() - sent
+    assert code == 143 and took < 10, (code, took, job.out)
+    stops = re.findall(r"stopped by SIGTERM at step (\d+): checkpoint \([\d.]+ MB\) saved", job.out)
+    assert len(stops) == 1, job.out  # rank 0 alone saved, once
+    assert newest_step(run_dir) == int(stops[0])
+    again = submit(run_dir, TWO, cwd=tmp_path)
+    assert again.finish() == 0, again.out
+    assert f"resumed from step {stops[0]}" in again.out
+    assert same_tensors(read_weights(run_dir / "final/model.safetensors"), reference["weights"])
+
+
+def test_a_run_checkpointed_by_two_processes_completes_in_one(reference: dict, tmp_path: Path) -> None:
+    """2 nodes became 1: the run resumes at the same global position and sees the same global
+    order; its weights differ from the 2-process run's only by floating-point reduction order."""
+    run_dir = tmp_path / "run"
+    job = submit(run_dir, TWO, cwd=tmp_path)
+    wait_for_a_checkpoint_after(45, run_dir, job)  # into the second epoch
+    job.proc.send_signal(signal.SIGTERM)
+    assert job.finish() == 143, job.out
+    step = newest_step(run_dir)
+    alone = submit(run_dir, "--set=resources.procs_per_node=1", "--set=threads=1", cwd=tmp_path)
+    assert alone.finish() == 0, alone.out
+    assert f"resumed from step {step}" in alone.out, alone.out
+    assert [(r["epoch"], r["step"]) for r in metrics(run_dir)] == [
+        (r["epoch"], r["step"]) for r in reference["metrics"]
+    ]
+    resumed, uninterrupted = metrics(run_dir), reference["metrics"]
+    timing = "samples_per_s"  # the epoch both trained with two processes: the same but for its speed
+    assert {**resumed[0], timing: 0} == {**uninterrupted[0], timing: 0}
+    assert resumed[-1]["test_acc"] == pytest.approx(uninterrupted[-1]["test_acc"], abs=0.02), (resumed, uninterrupted)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.xfail(
+    run=False,
+    reason="open in issue #13: the re-formed rendezvous sometimes never completes (node 0's agent times out "
+    "waiting for the replacement's role_info) and sometimes finishes training but torchrun's exit barrier hangs",
+)
+def test_a_node_lost_mid_run_is_replaced_and_the_job_recovers_by_itself_bitwise(
+    reference: dict, tmp_path: Path
+) -> None:
+    """Two torchrun agents on 127.0.0.1 (nnodes 2, c10d rendezvous at node 0): node 1's whole
+    process tree is killed, a replacement starts, and the group re-forms and finishes."""
+    run_dir, port = tmp_path / "run", free_port()
+    two_nodes = ["--set=resources.nodes=2", "--set=resources.procs_per_node=1", f"--set=checkpoint.dir={run_dir}"]
+
+    def node(rank: int) -> Job:
+        args = ["launch", DIGITS, *SPEC, *two_nodes, "--quiet", f"--node-rank={rank}"]
+        return Job(*args, f"--rdzv-endpoint=127.0.0.1:{port}", "--run-id=test-nodes", cwd=tmp_path)
+
+    first, second = node(0), node(1)
+    wait_for_a_checkpoint_after(9, run_dir, first)
+    killed = time.monotonic()
+    kill_tree(second.proc.pid)
+    second.finish()
+    replacement = node(1)
+    recovered = first.wait_for(r"resumed from step \d+", timeout=180)
+    assert first.finish() == 0, first.out
+    assert replacement.finish() == 0, replacement.out
+    print(f"node lost -> training again: {recovered - killed:.1f} s")
+    assert same_tensors(read_weights(run_dir / "final/model.safetensors"), reference["weights"])
+
+
+def test_bad_input_under_two_processes_is_one_line_exit_2_and_writes_nothing(tmp_path: Path) -> None:
+    # Found by the spec's validation, before any process starts.
+    result = runner_cli("submit", DIGITS, *SPEC, TWO, "--set=batch_size=33", "--set=checkpoint.dir=run", cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == "", result
+    assert result.stderr.count("\n") == 1 and "batch_size" in result.stderr and "multiple of 2" in result.stderr
+    assert not (tmp_path / "run").exists()
+    # Found by rank 0 reading the run directory: it holds another job's checkpoints.
+    other = runner_cli("run", DIGITS, "--set=model=mlp", "--set=epochs=1", "--set=device=cpu", "--set=checkpoint.dir=run",
+                       "--quiet", cwd=tmp_path)  # fmt: skip
+    assert other.returncode == 0, other
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")}
+    started = time.monotonic()
+    result = runner_cli("submit", DIGITS, *SPEC, TWO, "--set=checkpoint.dir=run", "--quiet", cwd=tmp_path)
+    assert result.returncode == 2, result
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "model ('mlp' -> 'cnn')" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")} == before
+    assert time.monotonic() - started < 60  # stopped at once, not after torchrun's restarts
