@@ -1,0 +1,69 @@
+"""The launcher's decisions, pure: torchrun's command line, and one exit code from the workers' own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runner import outcomes
+from runner.backends.torchrun import Node, torchrun_command
+from runner.errors import Exit
+
+
+def test_one_node_is_a_standalone_launch_of_runner_run() -> None:
+    command = torchrun_command(["run", "job.toml", "--quiet"], Node(1, 2))
+    assert command[1:3] == ["-m", "torch.distributed.run"]
+    assert "--standalone" in command and "--nproc-per-node=2" in command and "--nnodes=1" in command
+    assert command[-5:] == ["-m", "runner", "run", "job.toml", "--quiet"]
+
+
+@pytest.mark.parametrize(("rank", "host"), [(0, "true"), (1, "false")])
+def test_several_nodes_meet_at_node_0s_c10d_rendezvous(rank: int, host: str) -> None:
+    command = torchrun_command(["run", "job.toml"], Node(2, 8, rank, "job-0.job-nodes:29400", "job"))
+    assert "--standalone" not in command
+    assert {"--rdzv-backend=c10d", "--rdzv-endpoint=job-0.job-nodes:29400", "--rdzv-id=job"} <= set(command)
+    conf = next(c for c in command if c.startswith("--rdzv-conf="))
+    assert f"is_host={host}" in conf
+
+
+def test_a_node_outside_the_job_or_without_a_rendezvous_is_refused() -> None:
+    with pytest.raises(ValueError, match="node rank 2"):
+        Node(2, 1, 2, "h:1")
+    with pytest.raises(ValueError, match="rendezvous endpoint"):
+        Node(2, 1, 1)
+
+
+OK, STOP, LOST = int(Exit.OK), int(Exit.PREEMPTED), int(Exit.PEER_LOST)
+
+
+@pytest.mark.parametrize(
+    ("torchrun", "recorded", "stopped", "expected"),
+    [
+        (0, {0: {0: OK, 1: OK}}, False, Exit.OK),
+        # torchrun says 1 for all of these:
+        (1, {0: {0: 2, 1: LOST}}, False, Exit.BAD_INPUT),  # rank 0 found bad input, rank 1 lost it
+        (1, {0: {0: 3, 1: 3}}, False, Exit.DIVERGED),
+        (1, {0: {0: STOP, 1: STOP}}, True, Exit.PREEMPTED),
+        (1, {0: {0: STOP, 1: LOST}}, True, Exit.PREEMPTED),  # one stopped at once, the other lost it then
+        (1, {0: {0: 1, 1: STOP}}, True, Exit.FAILED),  # the emergency save failed
+        (1, {0: {0: STOP}}, True, Exit.FAILED),  # a worker killed before it could say
+        (1, {0: {0: LOST, 1: LOST}}, False, Exit.PEER_LOST),  # the other node is gone
+        (1, {0: {0: LOST, 1: LOST}, 1: {0: 1, 1: LOST}}, False, Exit.FAILED),  # the newest attempt decides
+        (1, {}, False, Exit.FAILED),  # the group never formed
+        (137, {0: {0: OK}}, False, Exit.FAILED),
+    ],
+)
+def test_the_node_exit_code_keeps_runners_contract(
+    torchrun: int, recorded: outcomes.Outcomes, stopped: bool, expected: int
+) -> None:
+    assert outcomes.exit_code(torchrun, recorded, 2, stopped) == expected
+
+
+def test_workers_record_their_codes_by_restart_and_local_rank(tmp_path: Path) -> None:
+    env = {outcomes.ENV: str(tmp_path), "TORCHELASTIC_RESTART_COUNT": "1", "LOCAL_RANK": "3"}
+    outcomes.record(Exit.PEER_LOST, env)
+    outcomes.record(Exit.OK, {})  # outside a runner launch: nothing, anywhere
+    assert outcomes.read(tmp_path) == {1: {3: 75}}
+    assert outcomes.fatal({0: {0: 2}, 1: {0: LOST}}) is None  # only the newest attempt counts
+    assert outcomes.fatal({1: {0: LOST, 1: 2}}) == 2
