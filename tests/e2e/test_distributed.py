@@ -110,7 +110,7 @@ def workers(pid: int) -> list[int]:
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"runner" in cmdline and b"run" in cmdline:
+        if b"runner" in cmdline and b"run" in cmdline and b"torch.distributed.run" not in cmdline:
             found.append(child)
     return found
 
