@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from runner.training.session import library_logs_to
+from runner.training.library_logs import library_logs_to
 
 
 def test_gcsfs_errors_go_to_the_log_as_one_line_and_the_first_traceback_once(capfd: pytest.CaptureFixture) -> None:
