@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from runner import outcomes
 from runner.backends.child import supervise
 from runner.device import cpu_budget
+from runner.errors import Exit
 
 RDZV_PORT = 29400  # torchrun's default c10d port
 # Restarts of the whole node's group that torchrun makes by itself (a worker died, a peer
@@ -30,6 +31,19 @@ JOIN_TIMEOUT_S = 900
 # How long a node waits for the rendezvous store (node 0) before it gives up; torchrun's
 # elastic agent then fails, and this node's launcher exits 75 (the peer is gone).
 STORE_TIMEOUT_S = 60
+# A fresh key-value store for each round of the rendezvous (each restart of the group),
+# hosted by the new rank 0, instead of torchrun's default of one store shared by every
+# round: a restarted process would otherwise read the address its peer published in the
+# previous round, and gloo/NCCL connect to a dead port and time out (pytorch #135712:
+# seen here as every in-launch restart failing, "Gloo connectFullMesh failed").
+FRESH_STORE_EACH_ROUND = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+
+
+PEER_LOST_LINE = (
+    "launch: exit 75: a peer of this node is gone and the group could not re-form in this launch "
+    "(the node hosting the rendezvous is lost, or restarts ran out); start the job's nodes again "
+    "and it resumes from the newest checkpoint (a Kubernetes Job does, without counting a failure)"
+)
 
 
 @dataclass(frozen=True)
@@ -73,8 +87,11 @@ def launch(run_args: list[str], node: Node) -> int:
     with tempfile.TemporaryDirectory(prefix="runner-outcomes-") as recorded:
         # Each process's share of the cores (torchrun would otherwise set 1 and say so in a banner).
         threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, cpu_budget() // node.procs))
-        env = {**os.environ, outcomes.ENV: recorded, "OMP_NUM_THREADS": threads}
+        env = {**os.environ, outcomes.ENV: recorded, "OMP_NUM_THREADS": threads, **FRESH_STORE_EACH_ROUND}
         code, stopped = supervise(
             torchrun_command(run_args, node), env, check=lambda: outcomes.fatal(outcomes.read(recorded))
         )
-        return outcomes.exit_code(code, outcomes.read(recorded), node.procs, stopped)
+        code = outcomes.exit_code(code, outcomes.read(recorded), node.procs, stopped)
+    if code == Exit.PEER_LOST:  # the last line of torchrun's output would be its own traceback
+        print(PEER_LOST_LINE, file=sys.stderr, flush=True)
+    return code
