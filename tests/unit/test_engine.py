@@ -275,3 +275,42 @@ def test_each_epoch_trains_on_the_batches_epoch_order_gives(monkeypatch: pytest.
             assert same, f"epoch {e + 1}, batch {b}: not the samples epoch_order({n}, {seed}, {e}) puts there"
     # What the trainer used really did differ between the epochs, batch by batch.
     assert not any(torch.equal(seen[b][1], seen[t.batches + b][1]) for b in range(t.batches - 1))
+
+
+def test_the_processes_of_a_group_train_on_shares_of_the_same_global_batches_as_one_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At every step, rank 0's share followed by rank 1's is the batch one process trains on:
+    the global sample order does not depend on the world size. Each rank is a trainer given
+    its seat in a group of 2 (no process group: the data order needs none).
+    Mutation: engine.py taking `idx[rank::world]` (strided shares) fails here."""
+    import torch
+
+    from runner.spec import load_spec
+    from runner.training.distributed import Solo
+    from runner.training.session import build_trainer
+
+    class Seat(Solo):
+        def __init__(self, rank: int, world_size: int):
+            self.rank, self.world_size = rank, world_size
+
+    def batches(rank: int, world: int) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        t = build_trainer(load_spec(str(JOBS / "digits.toml"), [*SMALL, "epochs=1", "batch_size=33"]))
+        t.join(Seat(rank, world))
+        seen: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+        step = t._step
+
+        def recording(x: torch.Tensor, y: torch.Tensor, n: int) -> None:
+            seen.append((x.clone(), y.clone(), n))
+            step(x, y, n)
+
+        monkeypatch.setattr(t, "_step", recording)
+        assert t.fit(Listener())
+        return seen
+
+    one, shares = batches(0, 1), [batches(rank, 2) for rank in (0, 1)]
+    assert len(one) == len(shares[0]) == len(shares[1]) == 40  # ceil(1294 / 33)
+    for step, ((x, y, n), (x0, y0, n0), (x1, y1, n1)) in enumerate(zip(one, *shares, strict=True)):
+        assert n == n0 == n1 == len(x), step  # every rank scales by the global batch's size
+        assert len(x0) - len(x1) == len(x) % 2, step  # tensor_split: the first share is the longer
+        assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y), step
