@@ -152,3 +152,39 @@ def trained_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     _finish(finished)
     assert f"resumed from step {STEPS_PER_EPOCH} (epoch 2, batch 0)" in _finish(resumed)
     return runs
+
+
+def fuse_unavailable() -> str | None:
+    """Why a FUSE mount cannot be made here, or None if it can."""
+    if not (shutil.which("rclone") and shutil.which("fusermount3")):
+        return "rclone and fuse3 are not installed (apt-get install rclone fuse3)"
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        return "/dev/fuse is not usable by this user"
+    return None
+
+
+@pytest.fixture(params=["off", "writes"], ids=lambda mode: f"rclone-vfs-cache-{mode}")
+def fuse_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """A directory on a real FUSE mount without hard links: rclone mounting a local directory,
+    with its VFS cache off and in "writes" mode (how Drive, gcsfuse and rclone mounts differ).
+    Skipped with the reason where FUSE is missing, except in CI (CI set), which installs it."""
+    if reason := fuse_unavailable():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the FUSE tests: {reason}")
+        pytest.skip(reason)
+    backing, mount = tmp_path / "fuse-backing", tmp_path / "fuse-mount"
+    backing.mkdir()
+    mount.mkdir()
+    command = [
+        "rclone", "mount", str(backing), str(mount), "--daemon", f"--vfs-cache-mode={request.param}",
+        "--cache-dir", str(tmp_path / "fuse-cache"), "--config", "",
+    ]  # fmt: skip
+    subprocess.run(command, check=True, timeout=60, capture_output=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mount):
+            assert time.monotonic() < deadline, "the rclone mount did not appear in 30 s"
+            time.sleep(0.05)
+        yield mount
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mount)], timeout=60, capture_output=True)

@@ -5,8 +5,11 @@
 
 A checkpoint exists once a commit record lists it; each record lists every checkpoint
 kept, newest first, with size and MD5, so a reader verifies a payload before using it
-and falls back to the one before if it is corrupt. Readers (`ls`, `status`, `eval`,
-resume) use this index; only writer.CheckpointWriter commits and prunes.
+and falls back to the one before if it is corrupt. A record carries the MD5 of its own
+content too: on a file system without hard links (a FUSE mount) a record is created
+first and written after, so a reader can meet one empty or cut off by a kill, and such a
+record never counts (the reader takes the newest record that verifies). Readers (`ls`,
+`status`, `eval`, resume) use this index; only writer.CheckpointWriter commits and prunes.
 """
 
 from __future__ import annotations
@@ -28,6 +31,30 @@ def record_seq(name: str) -> int | None:
     left by a process killed mid-write) is not a record, and must not stop a reader."""
     stem = name.removesuffix(".json")
     return int(stem) if name.endswith(".json") and stem.isdigit() else None
+
+
+def seal(record: dict[str, Any]) -> dict[str, Any]:
+    """`record` with the MD5 of its canonical JSON added (key "md5"): what `opened` checks."""
+    return {**record, "md5": storage.md5(_canonical(record))}
+
+
+def opened(data: bytes) -> dict[str, Any] | None:
+    """The record in `data`, or None if it is not one whole, sealed record (empty, cut off,
+    or not what was sealed). Records from before sealing (no "md5") are taken as they parse."""
+    try:
+        record = json.loads(data)
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError both
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("checkpoints"), list):
+        return None
+    md5 = record.pop("md5", None)
+    return record if md5 is None or md5 == storage.md5(_canonical(record)) else None
+
+
+def _canonical(record: dict[str, Any]) -> bytes:
+    # Sorted keys and no spaces: the same bytes from the record as written and as read back
+    # (JSON round-trips floats exactly).
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
 class Corrupt(Exception):
@@ -52,21 +79,28 @@ class CheckpointIndex:
     def __init__(self, checkpoints_url: str):
         self.dir = checkpoints_url
         self.records = storage.join(self.dir, RECORDS)
-        self.seq = 0  # the newest commit record read (a writer: or written)
-        self.entries: list[Entry] = []  # committed checkpoints, newest first
+        # The newest commit record's seq, whole or not: a writer's next commit goes above it.
+        self.seq = 0
+        self.entries: list[Entry] = []  # committed checkpoints (of the newest whole record), newest first
+
+    def _seqs(self) -> list[int]:
+        return sorted(seq for name in storage.list_names(self.records) if (seq := record_seq(name)) is not None)
 
     def _newest_seq(self) -> int:
-        seqs = [seq for name in storage.list_names(self.records) if (seq := record_seq(name)) is not None]
-        return max(seqs, default=0)
+        return max(self._seqs(), default=0)
 
     def refresh(self) -> list[Entry]:
-        """Read the newest commit record: the committed checkpoints, newest first."""
-        self.seq = self._newest_seq()
-        if self.seq:
-            record = json.loads(storage.read_bytes(self._record_url(self.seq)))
-            self.entries = [Entry(**e) for e in record["checkpoints"]]
-        else:
-            self.entries = []
+        """Read the newest commit record that verifies: the committed checkpoints, newest first."""
+        seqs = self._seqs()
+        self.seq, self.entries = max(seqs, default=0), []
+        for seq in reversed(seqs):
+            try:
+                record = opened(storage.read_bytes(self._record_url(seq)))
+            except FileNotFoundError:  # pruned by the writer since the listing
+                continue
+            if record is not None:
+                self.entries = [Entry(**e) for e in record["checkpoints"]]
+                break
         return self.entries
 
     def load(self, entry: Entry) -> dict[str, Any]:

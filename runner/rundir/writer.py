@@ -21,7 +21,7 @@ from typing import Any
 
 from runner import storage, strict_json
 from runner.errors import RunFailed
-from runner.rundir.checkpoints import CheckpointIndex, Entry, record_seq
+from runner.rundir.checkpoints import CheckpointIndex, Entry, record_seq, seal
 
 KEEP_RECORDS = 20  # commit records kept (tiny); enough to see any stale writer's seq is gone
 
@@ -121,7 +121,7 @@ class CheckpointWriter(CheckpointIndex):
             "pinned": self.pinned,
             "checkpoints": [asdict(e) for e in self.entries],
         }
-        data = strict_json.dumps(record, indent=1).encode()
+        data = strict_json.dumps(seal(strict_json.finite(record)), indent=1).encode()
         url = self._record_url(seq)
         try:
             storage.write_bytes(url, data, create_only=True)

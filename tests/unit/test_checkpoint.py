@@ -357,6 +357,63 @@ def test_a_record_cut_off_mid_write_neither_stops_readers_nor_the_writer(tmp_pat
     assert not leftover.exists() and [e.step for e in RunDir(run).checkpoint_index().refresh()] == [2, 1]
 
 
+def record_path(run: Path, seq: int) -> Path:
+    return run / "checkpoints" / "commits" / f"{seq:010d}.json"
+
+
+@pytest.mark.parametrize("torn", ["empty", "cut off", "a digit changed"])
+def test_a_torn_newest_record_never_wins_and_the_next_writer_commits_above_it(tmp_path: Path, torn: str) -> None:
+    """Where create-only has no link(2) (FUSE mounts), a record is created first and written
+    after: a writer killed in between leaves it empty or cut off. Mutation: refresh() reading
+    only the newest record (as before) fails here."""
+    run = tmp_path / "run"
+    store = fresh_store(str(run))
+    commit(store, 1)
+    whole = record_path(run, store.seq).read_bytes()
+    damaged = {
+        "empty": b"",
+        "cut off": whole[: len(whole) // 2],
+        "a digit changed": whole.replace(b'"step": 1', b'"step": 7'),
+    }
+    assert damaged[torn] != whole
+    record_path(run, store.seq + 1).write_bytes(damaged[torn])  # the record a killed writer left
+    assert [e.step for e in RunDir(str(run)).checkpoint_index().refresh()] == [1]
+    with pytest.raises(Fenced):
+        commit(store, 2)  # seq + 1 is taken, torn or not: this writer is no longer the only one
+    resumed = RunDir(str(run)).checkpoint_writer(3)
+    assert [e.step for e in resumed.refresh()] == [1]
+    resumed.claim(resumed.entries[0].file)
+    commit(resumed, 3)
+    assert [e.step for e in RunDir(str(run)).checkpoint_index().refresh()] == [3, 1]
+    assert resumed.seq == store.seq + 3  # claimed and committed above the torn record
+
+
+def test_on_a_fuse_mount_without_hard_links_commits_stay_create_only(fuse_dir: Path) -> None:
+    """A real rclone mount: link(2) fails there (the fault: EIO), yet two writers still cannot
+    both claim, and what is committed reads back verified. Mutation: storage._write_local
+    without its fallback to an exclusive create fails at the first claim."""
+    (fuse_dir / "probe").write_bytes(b"x")
+    with pytest.raises(OSError) as no_link:
+        os.link(fuse_dir / "probe", fuse_dir / "probe-link")
+    assert no_link.value.errno in storage.NO_HARD_LINKS
+    run = str(fuse_dir / "run")
+    a, b = RunDir(run).checkpoint_writer(3), RunDir(run).checkpoint_writer(3)
+    a.refresh()
+    b.refresh()
+    a.claim(None)
+    with pytest.raises(storage.AlreadyExists):
+        b.claim(None)
+    committed = commit(a, 1)
+    reader = RunDir(run).checkpoint_index()
+    assert reader.refresh() == [committed]
+    assert torch.equal(reader.load(committed)["state"]["weights"], torch.full((64,), 1.0))
+    b.refresh()
+    b.claim(committed.file)  # the next attempt takes over
+    with pytest.raises(Fenced):
+        commit(a, 2)
+    assert not [name for name in os.listdir(fuse_dir / "run" / "checkpoints" / "commits") if name.startswith(".tmp-")]
+
+
 def test_a_full_disk_is_named_as_such() -> None:
     import errno
 
