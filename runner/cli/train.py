@@ -1,4 +1,4 @@
-"""Commands that train or ship a job: submit, run, launch, validate, build, render, schedule."""
+"""Commands that train or ship a job: submit, run, launch, validate, build, render, schedule, notebook."""
 
 from __future__ import annotations
 
@@ -214,6 +214,40 @@ def schedule(
     resolved = load_spec(spec, overrides)
     open_backend("k8s", namespace, context).submit(Submission(spec, overrides, resolved, image=image))
     _submitted(resolved, namespace)
+
+
+@command()
+def notebook(
+    spec: SpecArg,
+    set_: SetOpt = [],
+    output: Annotated[str, typer.Option("-o", "--output", metavar="FILE.ipynb", help="The notebook to write.")] = "",
+    checkpoints: Annotated[
+        str,
+        typer.Option(
+            "--checkpoints", metavar="drive|gs://BUCKET/PREFIX|PATH", help="Where the notebook keeps run directories."
+        ),
+    ] = "drive",
+    install: Annotated[
+        str, typer.Option("--install", metavar="PIP-SOURCE", help="What the notebook pip-installs runner from.")
+    ] = "",
+) -> None:
+    """Write the job as a Colab notebook that resumes after a disconnect (the spec embedded)."""
+    from pathlib import Path
+
+    from runner import storage
+    from runner.backends import notebook as notebooks
+    from runner.spec import load_spec
+    from runner.training.checkpointer import save_every_seconds
+
+    if not output.endswith(".ipynb"):
+        raise UserError(f"-o {output or '(missing)'}: name the notebook to write, ending in .ipynb")
+    resolved = load_spec(spec, set_)  # bad input fails here, before anything is written
+    ckpt = resolved.checkpoint
+    every = save_every_seconds(ckpt.every_seconds, "every_seconds" in ckpt.model_fields_set, colab=True)
+    text = Path(spec).read_text()  # as the user wrote it: unset keys keep their defaults (Colab's save interval)
+    nb = notebooks.render(text, resolved.name, checkpoints, install or notebooks.UNPUBLISHED, list(set_), every)
+    storage.write_output(output, notebooks.to_json(nb).encode())
+    typer.echo(f"wrote {output}: upload it to Colab and run all cells; after a disconnect, run them again to resume")
 
 
 def _submitted(spec: Any, namespace: str) -> None:

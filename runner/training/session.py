@@ -211,7 +211,7 @@ class Session:
         import torch
 
         from runner.rundir.writer import encode
-        from runner.training.checkpointer import Checkpointer
+        from runner.training.checkpointer import Checkpointer, on_colab, save_every_seconds
         from runner.training.distributed import peer_lost
         from runner.training.events import Listeners
         from runner.training.listeners import Checkpoints, LogFile, MetricsFile
@@ -236,7 +236,12 @@ class Session:
             return encode(state.state_dict(), spec_toml, preprocessing.to_dict()), position
 
         ckpt = spec.checkpoint
-        checkpointer = Checkpointer(writer, snapshot, ckpt.every_steps, ckpt.every_seconds, state.step, self.say)
+        every_seconds = save_every_seconds(ckpt.every_seconds, "every_seconds" in ckpt.model_fields_set, on_colab())
+        if every_seconds != ckpt.every_seconds:
+            self.say(
+                f"on Colab: a checkpoint every {every_seconds:.0f} s (checkpoint.every_seconds), as a disconnect gives no warning"
+            )
+        checkpointer = Checkpointer(writer, snapshot, ckpt.every_steps, every_seconds, state.step, self.say)
         try:
             with ProgressDisplay(self.console, spec.epochs, quiet) as display:
                 # Rank 0 alone reports and writes; the others train. In the order things happen

@@ -8,7 +8,6 @@ node was killed. One process and two record the same metrics and see the same sa
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -24,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from runner.rundir.layout import RunDir
-from tests.helpers import JOBS, REPO, read_weights, runner_cli, same_tensors
+from tests.helpers import JOBS, REPO, descendants, kill_tree, read_weights, runner_cli, same_tensors
 
 # The CNN with dropout and Adam: 41 global batches of 32 an epoch, a checkpoint every 3 steps.
 SPEC = ["--set=device=cpu", "--set=epochs=2", "--set=batch_size=32", "--set=checkpoint.every_steps=3"]
@@ -83,25 +82,6 @@ def submit(run_dir: Path, *extra: str, cwd: Path) -> Job:
     return Job("submit", DIGITS, *SPEC, *extra, f"--set=checkpoint.dir={run_dir}", "--quiet", cwd=cwd)
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (through /proc), whatever session torchrun put them in."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def workers(pid: int) -> list[int]:
     """The `runner run` processes below `pid`."""
     found = []
@@ -113,13 +93,6 @@ def workers(pid: int) -> list[int]:
         if b"runner" in cmdline and b"run" in cmdline and b"torch.distributed.run" not in cmdline:
             found.append(child)
     return found
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL `pid` and everything below it at once: a node lost, a pod deleted by force."""
-    for victim in [pid, *descendants(pid)]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(victim, signal.SIGKILL)
 
 
 def newest_step(run_dir: Path) -> int:

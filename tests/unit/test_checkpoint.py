@@ -18,7 +18,7 @@ from runner.rundir.checkpoints import Corrupt, Entry
 from runner.rundir.layout import RunDir
 from runner.rundir.writer import KEEP_RECORDS, CheckpointWriter, Fenced, encode, retain
 from runner.spec import load_spec, resume_conflicts
-from runner.training.checkpointer import Checkpointer, due
+from runner.training.checkpointer import COLAB_EVERY_SECONDS, Checkpointer, due, on_colab, save_every_seconds
 from tests.helpers import JOBS
 
 
@@ -55,6 +55,27 @@ def test_retention_keeps_the_newest_and_the_one_resumed_from() -> None:
 )
 def test_when_a_save_is_due(step: int, now: float, every_steps: int, every_seconds: float, expected: bool) -> None:
     assert due(step, now, last_step=0, last_time=0.0, every_steps=every_steps, every_seconds=every_seconds) is expected
+
+
+@pytest.mark.parametrize(
+    ("overrides", "colab", "expected"),
+    [
+        ([], False, 300.0),  # the default, off Colab
+        ([], True, COLAB_EVERY_SECONDS),  # Colab disconnects without a signal: save more often
+        (["checkpoint.every_seconds=300"], True, 300.0),  # what the user set wins, even the default's value
+        (["checkpoint.every_seconds=0"], True, 0.0),  # off, if the user says so
+    ],
+)
+def test_colab_shortens_the_timed_save_unless_the_spec_sets_it(
+    overrides: list[str], colab: bool, expected: float
+) -> None:
+    ckpt = load_spec(str(JOBS / "digits.toml"), overrides).checkpoint
+    assert save_every_seconds(ckpt.every_seconds, "every_seconds" in ckpt.model_fields_set, colab) == expected
+
+
+def test_colab_is_detected_from_its_runtime_not_assumed() -> None:
+    assert on_colab({"COLAB_RELEASE_TAG": "release-colab-20261120"})
+    assert not on_colab({})  # this machine has no google.colab package either
 
 
 def test_resume_conflicts_name_what_changed_and_allow_what_may() -> None:
