@@ -139,10 +139,13 @@ class Session:
             if not self.rank.is_writer:
                 follower.resume_like_rank_0(trainer, self.run_dir, resumed)
         # Until a step is trained past the newest checkpoint (or past the start), a stop loses
-        # nothing: it need not wait for the step, or for the compiler compiling it.
+        # nothing: it need not wait for the step, or for the compiler compiling it. Not in a
+        # group: one process leaving on its own would leave the others mid-step, to find it
+        # gone (exit 75) instead of stopping with it at the next step's vote.
         start = resumed.step if resumed else state.step
         newest = lambda: writer.entries[0].step if writer and writer.entries else 0  # noqa: E731
-        preempted.nothing_to_save = lambda: state.step == max(start, newest())
+        if group.world_size == 1:
+            preempted.nothing_to_save = lambda: state.step == max(start, newest())
         stop = lambda: group.any(preempted())  # noqa: E731 - every process stops at the same step
         if writer is None:
             return follower.follow(trainer, stop)

@@ -356,7 +356,7 @@ def test_a_job_kueue_suspended_is_still_valid() -> None:
 
 # -- JobSet ------------------------------------------------------------------------------------
 
-JOBSET_CRD = REPO.parent / "shared" / "schemas" / "jobset.x-k8s.io_jobsets.yaml"
+JOBSET_CRD = REPO / "tests" / "schemas" / "jobset.x-k8s.io_jobsets.yaml"  # tests/schemas/README.md
 
 
 def jobset_schema() -> dict:
