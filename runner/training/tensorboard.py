@@ -4,8 +4,8 @@ The writing process (rank 0) logs into <run>/tensorboard/ each epoch's metrics.j
 record (`epoch/train_loss`, `epoch/val_acc`, `epoch/lr`, `epoch/samples_per_s`, ...), the
 training loss of single steps (`step/train_loss`, a few hundred points a run), the test
 results (`final/test_loss`, `final/test_acc`), and the hyperparameters (the hparams plugin,
-with `final/test_acc` as their metric). Values are stored as float64: they equal
-metrics.jsonl's.
+with `final/test_acc` as their metric). Values are float32, as TensorBoard stores scalars:
+its data server (the default reader) drops float64 ones.
 
 An event file only grows, and objects in a bucket cannot be appended to. So each attempt
 (process start) writes its own file in a local temporary folder (torch's SummaryWriter) and
@@ -198,7 +198,7 @@ class TensorBoard(NoTensorBoard):
     def _scalar(self, tag: str, value: float, step: int) -> None:
         from torch.utils.tensorboard.summary import scalar
 
-        self._add(scalar(tag, value, new_style=True, double_precision=True), step)
+        self._add(scalar(tag, value), step)  # float32: TensorBoard's data server drops float64 scalars
 
     def _add(self, summary: Any, step: int) -> None:
         # An attempt logs again some points its START keeps: at its first step, what the attempt

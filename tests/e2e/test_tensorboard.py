@@ -1,18 +1,25 @@
-"""TensorBoard's event files, read back with TensorBoard's own reader: plugin_event_multiplexer,
-what `tensorboard --logdir` serves when it reads in Python (`--load_fast=false`, and a gs://
-folder when TensorFlow is absent: through fsspec, here against the GCS emulator)."""
+"""TensorBoard's event files, read back with TensorBoard's own readers: plugin_event_multiplexer,
+what `tensorboard --logdir` serves when it reads in Python (`--load_fast=false`; a gs:// folder
+through fsspec when TensorFlow is absent, here against the GCS emulator), and the `tensorboard`
+command's default reader, its data server (which drops float64 scalars, and ignores the
+restart marker a resumed attempt writes)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
+from urllib.request import urlopen
 
+import numpy as np
 import pytest
 
 from runner.rundir.layout import RunDir
@@ -74,18 +81,43 @@ def read_board(logdir: str) -> tuple[dict[str, list[tuple[int, Any]]], dict[str,
     return points, hparams
 
 
+def served(logdir: Path) -> dict[str, list[tuple[int, float]]]:
+    """The scalars of the one run under `logdir` as the `tensorboard` command serves them with its
+    default reader, the data server (`--load_fast=true` insists on it), over its HTTP API."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "tensorboard.main", f"--logdir={logdir}", f"--port={port}", "--host=127.0.0.1",
+               "--load_fast=true", "--reload_interval=1"]  # fmt: skip
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, tags = time.monotonic() + 30, {}
+        while "final/test_acc" not in tags:  # until the whole run is loaded
+            assert server.poll() is None, server.communicate()[1]
+            assert time.monotonic() < deadline, f"tensorboard served no final/test_acc in 30 s, but {tags}"
+            time.sleep(0.2)
+            with contextlib.suppress(OSError, ValueError):  # not listening yet
+                (run, tags), *others = json.load(urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags")).items()
+        assert not others
+        get = lambda tag: urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?run={run}&tag={quote(tag)}")  # noqa: E731
+        return {tag: [(step, value) for _, step, value in json.load(get(tag))] for tag in tags}
+    finally:
+        server.kill()
+        server.communicate()
+
+
 def check_epochs_and_steps(scalars: dict[str, list[tuple[int, Any]]], metrics: list[dict[str, Any]]) -> None:
-    """Each epoch scalar: one point per epoch, at its step, equal to metrics.jsonl's record (stored
-    as float64); the training loss of every step once, in order; the test results."""
+    """Each epoch scalar: one point per epoch, at its step, equal to metrics.jsonl's record (as
+    float32, TensorBoard's scalars); the training loss of every step once, in order; the test results."""
     *epochs, final = metrics
     assert [r["step"] for r in epochs] == [STEPS_PER_EPOCH, STEPS]
     for tag in EPOCH_TAGS:
-        assert scalars[tag] == [(r["step"], r[tag.removeprefix("epoch/")]) for r in epochs], tag
+        assert scalars[tag] == [(r["step"], np.float32(r[tag.removeprefix("epoch/")])) for r in epochs], tag
     steps = [step for step, _ in scalars["step/train_loss"]]
     assert steps == list(range(1, STEPS + 1))
     assert all(math.isfinite(loss) and 0 < loss < 5 for _, loss in scalars["step/train_loss"])
-    assert scalars["final/test_acc"] == [(STEPS, final["test_acc"])]
-    assert scalars["final/test_loss"] == [(STEPS, final["test_loss"])]
+    assert scalars["final/test_acc"] == [(STEPS, np.float32(final["test_acc"]))]
+    assert scalars["final/test_loss"] == [(STEPS, np.float32(final["test_loss"]))]
 
 
 def test_a_run_logs_its_epochs_steps_test_results_and_hyperparameters(tmp_path: Path) -> None:
@@ -168,8 +200,13 @@ def test_a_run_killed_past_a_checkpoint_and_resumed_logs_each_step_once(tmp_path
     for tag, points in scalars.items():  # the hyperparameters' too: logged by the first attempt alone
         steps = [step for step, _ in points]
         assert steps == sorted(set(steps)), (tag, steps)  # each once, in order
-    check_epochs_and_steps(scalars, RunDir(str(run_dir)).read_metrics())
+    metrics = RunDir(str(run_dir)).read_metrics()
+    check_epochs_and_steps(scalars, metrics)
     assert len(list((run_dir / "tensorboard").iterdir())) >= 2  # a file per attempt
+    # The default reader: no restart marker, but a step logged again replaces that tag's points
+    # from it on, and the resumed attempt logged every orphaned step again.
+    by_server = served(run_dir)
+    assert by_server == {tag: points for tag, points in scalars.items() if not tag.startswith("_hparams_/")}
 
 
 def test_without_tensorboard_a_run_trains_and_says_once_how_to_get_it(tmp_path: Path) -> None:
