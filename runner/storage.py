@@ -130,6 +130,27 @@ def write_bytes(url: str, data: bytes, create_only: bool = False) -> None:
         raise AlreadyExists(url) from None
 
 
+def append_bytes(url: str, data: bytes, written: int) -> None:
+    """Make the file at `url` hold `data`, whose first `written` bytes an earlier call put there:
+    a file that only grows, such as a TensorBoard event file.
+
+    A local file gets the new bytes appended, so a reader that keeps it open sees it grow
+    (TensorBoard's data server does, and never sees a file replaced by a rename: it reads the
+    old one on). Where appending is refused (a FUSE mount such as rclone's without its write
+    cache) or the file is not what `written` says, it is written whole like any other. Objects
+    in a bucket cannot be appended to: there the object is rewritten whole (`write_bytes`).
+    """
+    fs, path = _fs(url)
+    if isinstance(fs, LocalFileSystem):
+        try:
+            if _append_local(path, data, written):
+                return
+        except OSError as e:
+            if out_of_space(e):
+                raise
+    write_bytes(url, data)
+
+
 def write_output(url: str, data: bytes, option: str = "-o") -> None:
     """Write a file the user named on the command line, or say in one line why it cannot be."""
     try:
@@ -305,6 +326,18 @@ def _write_local(path: str, data: bytes, create_only: bool) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _append_local(path: str, data: bytes, written: int) -> bool:
+    """Append `data[written:]` to the file at `path` if it is `written` bytes long; whether it was."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "ab") as f:  # positioned at the end
+        if f.tell() != written:  # gone, or left longer by an append that failed part-way
+            return False
+        f.write(data[written:])
+        f.flush()
+        os.fsync(f.fileno())
+    return True
 
 
 def _create_exclusive(path: str, data: bytes) -> None:

@@ -6,6 +6,7 @@
   final/model.safetensors   the trained weights, with what is needed to use them as metadata
   status.json               the run's state and a heartbeat, rewritten while it runs (heartbeat.py)
   log.txt                   what the run printed, one timestamped line per message or epoch
+  tensorboard/              TensorBoard event files, one per attempt (training/tensorboard.py)
   checkpoints/              payloads and commit records: read through checkpoints.CheckpointIndex,
                             written by writer.CheckpointWriter, the only writer
 
@@ -34,7 +35,8 @@ FINAL_WEIGHTS = "final/model.safetensors"
 CHECKPOINTS = "checkpoints"
 STATUS = "status.json"
 LOG = "log.txt"
-OWNED = (SPEC, METRICS, CHECKPOINTS, "final", STATUS, LOG)  # what `--fresh --overwrite` may delete
+TENSORBOARD = "tensorboard"
+OWNED = (SPEC, METRICS, CHECKPOINTS, "final", STATUS, LOG, TENSORBOARD)  # what `--fresh --overwrite` may delete
 
 # GCS takes about one write per second to the same object name; faster rewrites get
 # 429s and stall in retries. Epochs of a small model on a GPU can be shorter than that.
@@ -53,6 +55,11 @@ class RunDir:
     @property
     def checkpoints_url(self) -> str:
         return self.path(CHECKPOINTS)
+
+    @property
+    def tensorboard_url(self) -> str:
+        """Where the TensorBoard event files go: `tensorboard --logdir` reads it, or any folder above."""
+        return self.path(TENSORBOARD)
 
     def checkpoint_index(self) -> CheckpointIndex:
         """The committed checkpoints, read-only (what `ls`, `status`, `eval` and resume read)."""

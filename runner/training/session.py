@@ -2,8 +2,8 @@
 
 A `Session` owns what one process of a run has: the spec, the run directory, the
 log, and its place in the job (`Rank`). It wires the engine's events to listeners
-(the progress display, metrics.jsonl, checkpoints, log.txt), which only the writing
-process (rank 0) is given.
+(the progress display, metrics.jsonl, checkpoints, TensorBoard, log.txt), which only the
+writing process (rank 0) is given.
 
 Everything that can be wrong with the input (device, data, model, a checkpoint of
 another job) is checked before the run directory is written, so bad input writes
@@ -213,12 +213,13 @@ class Session:
         """Train to the end (0) or to a stop signal (143, after a checkpoint)."""
         import torch
 
-        from runner.rundir.writer import encode
+        from runner.rundir.writer import Fenced, encode
         from runner.training.checkpointer import Checkpointer, on_colab, save_every_seconds
         from runner.training.distributed import peer_lost
         from runner.training.events import Listeners
         from runner.training.listeners import Checkpoints, LogFile, MetricsFile
         from runner.training.progress import ProgressDisplay
+        from runner.training.tensorboard import open_board
 
         spec, run_dir, state = self.spec, self.run_dir, trainer.state
         spec_toml, preprocessing = to_toml(spec), trainer.info.preprocessing
@@ -245,11 +246,13 @@ class Session:
                 f"on Colab: a checkpoint every {every_seconds:.0f} s (checkpoint.every_seconds), as a disconnect gives no warning"
             )
         checkpointer = Checkpointer(writer, snapshot, ckpt.every_steps, every_seconds, state.step, self.say)
+        board = open_board(run_dir, writer.seq, spec, trainer, lambda: checkpointer.last_step, self.say, self.log)
         try:
             with ProgressDisplay(self.console, spec.epochs, quiet) as display:
                 # Rank 0 alone reports and writes; the others train. In the order things happen
-                # at an epoch's end: its metrics, its checkpoint, its line on screen, in log.txt.
-                writes = [MetricsFile(run_dir, state, self.say), Checkpoints(checkpointer, state)]
+                # at an epoch's end: its metrics, its checkpoint (TensorBoard copies its file when
+                # one is taken), its line on screen, in log.txt.
+                writes = [MetricsFile(run_dir, state, self.say), Checkpoints(checkpointer, state), board]
                 listeners = Listeners([*writes, display, LogFile(self.log, spec.epochs)] if self.rank.is_writer else [])
                 try:
                     finished = trainer.fit(listeners, stop)
@@ -269,10 +272,17 @@ class Session:
                 self._flush_metrics()  # after the checkpoint, which comes first in a grace period
                 return code
             unsaved = self._final_save(checkpointer, state.step)
+            test_loss, test_acc = test
+            final = {"epoch": state.epoch, "step": state.step, "test_loss": test_loss, "test_acc": test_acc}
+            board.end(final)
+        except (Fenced, KeyboardInterrupt):
+            board.abandon()  # the run directory is another attempt's now, or a second Ctrl-C: no waiting
+            raise
         finally:
             checkpointer.close(self.stopping_by)
-        test_loss, test_acc = test
-        final = {"epoch": state.epoch, "step": state.step, "test_loss": test_loss, "test_acc": test_acc}
+            # Within the grace period of a stop signal, if one came: the checkpoint comes first.
+            grace = preempted.at and preempted.at + spec.resources.grace_seconds - END_MARGIN_S
+            board.close(self.stopping_by or grace)
         metadata = weights_metadata(spec.model, spec.model_options, spec.data.dataset, preprocessing)
         # The weights are the run's result: they never depend on the final checkpoint.
         self._write_final(writer, state.model.state_dict(), metadata)

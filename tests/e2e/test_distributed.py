@@ -125,6 +125,8 @@ def test_two_processes_are_deterministic_and_record_what_one_process_records(ref
     again, one = submit(tmp_path / "again", TWO, cwd=tmp_path), None
     assert again.finish() == 0, again.out
     assert same_tensors(read_weights(tmp_path / "again/final/model.safetensors"), reference["weights"])
+    # TensorBoard's file comes from rank 0 alone, the one that claimed the run directory.
+    assert [p.name for p in (tmp_path / "again/tensorboard").iterdir()] == ["events.out.tfevents.00000001.runner"]
     one = submit(tmp_path / "one", "--set=resources.procs_per_node=1", "--set=threads=1", cwd=tmp_path)
     assert one.finish() == 0, one.out
     # Metrics of the global batch and the whole validation set, not of rank 0's share (which
