@@ -79,7 +79,7 @@ class ProgressDisplay(Listener):
                 console=console,
                 transient=True,
             )
-            if console.is_terminal and not quiet
+            if console.is_terminal and _isatty(console.file) and not quiet
             else None
         )
         self.task: Any = None
@@ -114,3 +114,13 @@ class ProgressDisplay(Listener):
 
     def epoch_end(self, record: dict[str, Any]) -> None:
         show(self.console, epoch_line(record, self.epochs))
+
+
+def _isatty(file: Any) -> bool:
+    """Whether `file` is a terminal that a live bar can redraw. rich's is_terminal also says
+    yes to a pipe when FORCE_COLOR is set, as Jupyter kernels set it for their subprocesses:
+    a notebook cell would then fill with cursor codes instead of one line per epoch."""
+    try:
+        return bool(file.isatty())
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False

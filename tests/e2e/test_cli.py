@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -53,12 +54,16 @@ def test_cnn_spec_trains_on_mnist_idx_files_under_data_root(tmp_path: Path, mnis
     assert (run_dir / "final" / "model.safetensors").stat().st_size > 0
 
 
-def test_output_off_a_terminal_is_plain_lines(tmp_path: Path) -> None:
+@pytest.mark.parametrize("force_color", ["", "1"], ids=["plain", "FORCE_COLOR=1, as a Jupyter kernel sets it"])
+def test_output_off_a_terminal_is_plain_lines(tmp_path: Path, force_color: str) -> None:
+    env = {"FORCE_COLOR": force_color} if force_color else None
     result = runner_cli("run", str(JOBS / "digits.toml"), "--set", "epochs=2", "--set", "model=mlp",
-                        "--set", "model_options={}", cwd=tmp_path)  # fmt: skip
+                        "--set", "model_options={}", cwd=tmp_path, env=env)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "\x1b[" not in result.stdout  # no colour codes, no progress bar
-    lines = result.stdout.splitlines()
+    # No progress bar: no cursor codes (colours are what FORCE_COLOR asks for).
+    assert "\x1b[?25l" not in result.stdout and "\x1b[2K" not in result.stdout, result.stdout
+    assert force_color or "\x1b[" not in result.stdout  # and without it, no colour codes either
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in result.stdout.splitlines()]
     assert lines[1].startswith("epoch 1/2  step 21  train_loss ") and "samples/s" in lines[1]
     assert lines[-1].startswith("done: test_acc ")
 
