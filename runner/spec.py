@@ -7,6 +7,7 @@ Precedence: `--set` overrides > the TOML file > defaults.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import re
@@ -18,6 +19,7 @@ from typing import Any, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
+from runner.data.augment import AUGMENTATIONS
 from runner.data.datasets import DATASETS
 from runner.errors import UserError
 from runner.models.registry import MODELS, known_model, options_type, torchvision_models
@@ -43,6 +45,19 @@ class DataSpec(_Table):
     root: str = "data"  # torchvision's layout below it, e.g. data/MNIST/raw/
     download: bool = True
     val_fraction: float = Field(0.1, ge=0, lt=1)
+    # Augmentation of each training batch on the device (data/augment.py): "flip", "crop"
+    # (with padding), "translate". Off by default.
+    augment: list[str] = []
+
+    @field_validator("augment")
+    @classmethod
+    def _known_augmentations(cls, v: list[str]) -> list[str]:
+        unknown = [name for name in v if name not in AUGMENTATIONS]
+        if unknown:
+            raise ValueError(f"unknown augmentation {', '.join(map(repr, unknown))}; known: {', '.join(AUGMENTATIONS)}")
+        if len(set(v)) != len(v):
+            raise ValueError("an augmentation is listed twice")
+        return v
 
     @field_validator("dataset")
     @classmethod
@@ -280,6 +295,10 @@ MAY_CHANGE_ON_RESUME = (
 
 def resume_conflicts(saved: Mapping[str, Any], current: JobSpec) -> list[str]:
     """The dotted keys whose values differ in a way a resume cannot honour, as 'key (old -> new)'."""
+    # A key added to runner since `saved` was written takes its default there, as here (a
+    # saved spec this runner no longer validates is compared as written).
+    with contextlib.suppress(ValidationError):
+        saved = JobSpec.model_validate(saved).model_dump(mode="json")
     old, new = _flatten(saved), _flatten(current.model_dump(mode="json"))
     return [
         f"{key} ({old.get(key)!r} -> {new.get(key)!r})"

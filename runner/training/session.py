@@ -53,7 +53,7 @@ def build_trainer(spec: JobSpec, rank: Rank = Rank()) -> Trainer:
     data = load_dataset(spec.data.dataset, spec.data.root, spec.data.download, spec.data.val_fraction, spec.seed)
     torch.manual_seed(spec.seed)  # seeds the weights and dropout (CPU and every GPU)
     model = build_model(spec.model, spec.model_options, data.info.shape, data.info.num_classes)
-    return Trainer(spec, model, data, placement)
+    return Trainer(spec, model, data, placement, augment=spec.data.augment)
 
 
 def run(spec: JobSpec, console: Console, quiet: bool = False, fresh: bool = False, overwrite: bool = False) -> int:

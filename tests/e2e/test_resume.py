@@ -116,12 +116,14 @@ def wait_for_a_checkpoint_after(step: int, run_dir: str, proc: subprocess.Popen,
         time.sleep(0.01)
 
 
-def killed_at_random_moments(run_dir: str, cwd: Path, rng: random.Random, kills_wanted: int) -> None:
+def killed_at_random_moments(
+    run_dir: str, cwd: Path, rng: random.Random, kills_wanted: int, extra: tuple[str, ...] = ()
+) -> None:
     """Start the run, SIGKILL it at a random moment after each new commit `kills_wanted`
     times, resubmit until it finishes; assert each attempt resumed further on."""
     kills, resumed_steps, log = 0, [], []
     for _ in range(kills_wanted + 6):
-        proc = start("run", run_dir, cwd)
+        proc = start("run", run_dir, cwd, extra=extra)
         lines = wait_until_training(proc)
         if kills < kills_wanted:
             # A random moment (during a step or an upload) once this attempt has committed
@@ -165,6 +167,33 @@ def test_on_a_fuse_mount_without_hard_links_a_killed_run_resumes_bitwise(
     run_dir = str(fuse_dir / "runs" / "killed")
     killed_at_random_moments(run_dir, tmp_path, random.Random(14), kills_wanted=2)
     assert same_tensors(final_weights(run_dir), reference)
+
+
+def test_with_augmentation_a_killed_run_resumes_bitwise_and_trains_on_other_images(
+    reference: dict, tmp_path: Path
+) -> None:
+    """Random crops and translations drawn from (seed, step): a run killed twice ends with the
+    weights of the same augmented run never interrupted; those differ from the plain run's,
+    and the model still learns (the figures are printed, for the record)."""
+    augmented = ("--set=data.augment=['crop', 'translate']",)
+    plain_dir, uninterrupted, run_dir = tmp_path / "plain", tmp_path / "uninterrupted", tmp_path / "killed"
+    for where, extra in ((uninterrupted, augmented), (plain_dir, ())):
+        result = runner_cli(
+            "run", str(JOBS / "digits.toml"), *SPEC, *extra, f"--set=checkpoint.dir={where}", "--quiet", cwd=tmp_path
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+    killed_at_random_moments(str(run_dir), tmp_path, random.Random(15), kills_wanted=2, extra=augmented)
+    weights = final_weights(str(run_dir))
+    assert same_tensors(weights, final_weights(str(uninterrupted)))
+    assert not same_tensors(weights, reference)
+    records = {
+        name: [json.loads(line) for line in (where / "metrics.jsonl").read_text().splitlines()]
+        for name, where in (("augmented", uninterrupted), ("plain", plain_dir))
+    }
+    for name, rows in records.items():
+        print(name, [(r.get("train_loss"), r.get("val_acc"), r.get("test_acc")) for r in rows])
+    assert records["augmented"][0]["train_loss"] != records["plain"][0]["train_loss"]
+    assert records["augmented"][-1]["test_acc"] > 0.5, records["augmented"][-1]  # it learns (chance: 0.1)
 
 
 def test_sigterm_twice_inside_one_epoch_saves_exits_143_and_resumes_exactly(

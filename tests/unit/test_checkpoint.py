@@ -86,6 +86,11 @@ def test_resume_conflicts_name_what_changed_and_allow_what_may() -> None:
     conflicts = resume_conflicts(saved, changed)
     assert [c.split(" ")[0] for c in conflicts] == ["batch_size", "model", "model_options"]
     assert "batch_size (64 -> 32)" in conflicts
+    # Augmentation changes what is trained: refused; a spec saved before runner had the key is not.
+    augmented = load_spec(str(JOBS / "digits.toml"), ["data.augment=['flip']"])
+    assert resume_conflicts(saved, augmented) == ["data.augment ([] -> ['flip'])"]
+    older = {**saved, "data": {k: v for k, v in saved["data"].items() if k != "augment"}}
+    assert resume_conflicts(older, load_spec(str(JOBS / "digits.toml"))) == []
 
 
 def test_commits_are_visible_to_a_new_reader(bucket: str) -> None:
