@@ -310,10 +310,7 @@ def _write_local(path: str, data: bytes, create_only: bool) -> None:
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
     try:
-        with open(tmp, "xb") as f:  # honours the umask, unlike mkstemp's 0600
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        _create_exclusive(tmp, data)
         if not create_only:
             os.replace(tmp, path)  # atomic on POSIX; a rename, never a rewrite in place (some mounts refuse that)
             return
@@ -341,13 +338,13 @@ def _append_local(path: str, data: bytes, written: int) -> bool:
 
 
 def _create_exclusive(path: str, data: bytes) -> None:
-    """Create-only without link(2): O_EXCL decides who creates `path` (FUSE mounts pass it to
-    their daemon, which refuses a name that exists), then the bytes follow. Not all at once:
-    a reader can meet the file empty or part-written, and a writer killed here leaves it so;
-    hence the only create-only files, commit records, carry a checksum and readers skip one
-    that does not verify (checkpoints.CheckpointIndex.refresh)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    with open(fd, "wb") as f:
+    """Create `path` holding `data`, failing with FileExistsError if it exists: open's "x" is
+    O_EXCL, which FUSE mounts pass to their daemon. Used for temporary files, and as the
+    create-only write where link(2) is missing. Not all at once: a reader can meet the file
+    empty or part-written, and a writer killed here leaves it so; hence the only create-only
+    files, commit records, carry a checksum and readers skip one that does not verify
+    (checkpoints.CheckpointIndex.refresh)."""
+    with open(path, "xb") as f:  # honours the umask, unlike mkstemp's 0600
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
