@@ -137,10 +137,19 @@ def validate(
 ) -> None:
     """Check a spec without running it."""
     from runner.backends.manifests import check_names
+    from runner.models.user import is_user_model
     from runner.spec import load_spec, to_toml
 
     resolved = load_spec(spec, set_)
     check_names(resolved)  # names Kubernetes would refuse for the objects this spec makes (a CronJob if scheduled)
+    if is_user_model(resolved.model):
+        # Your own model is built once on the data's shape: import errors, a factory that raises or
+        # returns no nn.Module, fail here. Only then is torch imported (built-in models stay fast).
+        from runner.data.datasets import DATASETS
+        from runner.models.registry import build_model
+
+        info = DATASETS[resolved.data.dataset]
+        build_model(resolved.model, resolved.model_options, info.shape, info.num_classes, resolved.code)
     typer.echo(
         to_toml(resolved)
         if show
