@@ -6,8 +6,8 @@ and must return a `torch.nn.Module` mapping float (N, C, H, W) to logits (N, num
 
 The spec's `code` lists the files and packages that hold it (resolved against the spec
 file when it loads); each one's folder goes on `sys.path`, so `mynets.py` is module
-`mynets` and the folder `mypkg/` package `mypkg`, here and in the image, where they
-are copied to IMAGE_CODE_DIR (see backends/image.py). A module already importable (on
+`mynets` and the folder `mypkg/` package `mypkg`, here and in the image, where
+`runner build` copies them (backends/image.py). A module already importable (on
 PYTHONPATH, installed) needs no `code`.
 
 Every failure (bad reference, missing file, import error, a factory that raises or
@@ -30,7 +30,6 @@ from runner.errors import UserError
 if TYPE_CHECKING:
     from torch import nn
 
-IMAGE_CODE_DIR = "/opt/runner/code"  # where `runner build` puts the spec's code; on PYTHONPATH there
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 REF_RE = re.compile(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}")
 
