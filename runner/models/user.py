@@ -81,15 +81,15 @@ def build_user_model(
 ) -> nn.Module:
     """Import `ref`'s module (with `code` on sys.path; entries missing here are skipped: the
     module may be importable anyway), call the factory, check what it returns."""
-    import torch
-    from torch import nn
-
     present = [c for c in code if Path(c).exists()]
     roots = code_roots(present)
     for root in reversed(roots):
         if root not in sys.path:
             sys.path.insert(0, root)  # ahead of site-packages, as PYTHONPATH would be
     factory = _factory(ref, roots, [c for c in code if c not in present])
+    import torch  # after the import of the user's module: a missing one fails without waiting for torch
+    from torch import nn
+
     call = f"{ref}(input_shape={in_shape}, num_classes={num_classes}, **model_options)"
     try:
         model = factory(in_shape, num_classes, **options)
