@@ -53,7 +53,8 @@ def resolve_code(entries: Sequence[str], base: Path, source: str) -> list[str]:
     """`entries` (paths relative to `base`, the spec's folder, or absolute) as absolute paths.
 
     Raises UserError for an entry that does not exist, is not a .py file or a folder, or
-    whose name another entry (or runner itself) already takes: each becomes a module name.
+    whose name another entry, runner or the standard library already takes: each becomes
+    a module name.
     """
     resolved, names = [], {"runner": "runner itself"}
     for entry in entries:
@@ -64,6 +65,8 @@ def resolve_code(entries: Sequence[str], base: Path, source: str) -> list[str]:
         if not (path.is_dir() or path.suffix == ".py"):
             raise UserError(f"{where}: not a .py file or a package folder; list the modules your model needs")
         name = path.stem if path.is_file() else path.name
+        if name in sys.stdlib_module_names:  # already imported, most of them: Python would not see yours
+            raise UserError(f"{where}: '{name}' is a module of Python's standard library; rename yours")
         if name in names:
             raise UserError(f"{where}: module name '{name}' is taken by {names[name]}; rename one of them")
         names[name] = f"'{entry}'"

@@ -159,3 +159,17 @@ def test_build_stages_the_context_with_the_code_and_runs_the_builder_in_it(tmp_p
     assert {"./code/mynets.py", "./code/nets/blocks.py", "./docker/Dockerfile", "./runner/spec.py"} <= set(seen)
     assert seen[-1].startswith("build -f docker/Dockerfile") and seen[-1].endswith(f"-t {result.stdout.strip()} .")
     assert result.stdout.strip() == dry.stdout.splitlines()[-1].split(" -t ")[1].removesuffix(" .")
+
+
+def test_render_ships_the_spec_naming_the_code_in_the_image_under_a_tag_that_covers_it(tmp_path: Path) -> None:
+    import yaml
+
+    project = user_code(tmp_path)
+    result = runner_cli("render", "project/job.toml", "--set=checkpoint.dir=gs://b/runs/mine", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    config_map, job = list(yaml.safe_load_all(result.stdout))[:2]
+    shipped = config_map["data"]["spec.toml"]
+    assert f'"{IMAGE_CODE_DIR}/mynets.py",' in shipped and str(project) not in shipped
+    spec = load_spec(str(project / "job.toml"))
+    tag = content_tag(context_files(REPO, spec.code), spec.image)
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == f"runner:{tag}"

@@ -107,11 +107,12 @@ def test_code_is_resolved_against_the_specs_folder_and_options_are_free_form(tmp
         ('["notes.txt"]', r"code: 'notes.txt': not a \.py file or a package folder"),
         ('["mynets.py", "sub/mynets.py"]', r"code: 'sub/mynets.py': module name 'mynets' is taken by 'mynets.py'"),
         ('["runner.py"]', r"code: 'runner.py': module name 'runner' is taken by runner itself"),
+        ('["random.py"]', r"code: 'random.py': 'random' is a module of Python's standard library; rename yours"),
     ],
 )
 def test_bad_code_entries_are_named(tmp_path: Path, code: str, message: str) -> None:
     (tmp_path / "sub").mkdir()
-    for name in ("mynets.py", "sub/mynets.py", "notes.txt", "runner.py"):
+    for name in ("mynets.py", "sub/mynets.py", "notes.txt", "runner.py", "random.py"):
         (tmp_path / name).write_text("")
     with pytest.raises(UserError, match=message):
         load_spec(str(spec_with(tmp_path, f'model = "mynets:small"\ncode = {code}')))
