@@ -104,7 +104,7 @@ def build_user_model(
         )
     # Fail now, with the reason, rather than at the first step or at load time elsewhere.
     # Eval mode and a forked RNG: the check draws nothing and leaves batch-norm statistics alone.
-    training = model.training
+    modes = {m: m.training for m in model.modules()}  # restored as made: a frozen part stays in eval
     model.eval()
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
@@ -119,7 +119,9 @@ def build_user_model(
             f"model: {ref}'s model returned {got} for inputs of shape {(2, *in_shape)}; "
             f"it must return logits of shape (2, {num_classes}), one per class"
         )
-    return model.train(training)
+    for module, mode in modes.items():
+        module.training = mode
+    return model
 
 
 def _factory(ref: str, roots: Sequence[str], missing: Sequence[str]) -> Any:
@@ -144,7 +146,9 @@ def _factory(ref: str, roots: Sequence[str], missing: Sequence[str]) -> Any:
             f"model: module '{module_name}' has no '{attr}'; it has: {', '.join(public) or 'nothing callable'}"
         )
     if not callable(factory):
-        raise UserError(f"model: {ref} is a {type(factory).__name__}, not a function returning a torch.nn.Module")
+        raise UserError(
+            f"model: {ref} is not callable (it is {type(factory).__name__}); name a function returning a torch.nn.Module"
+        )
     return factory
 
 

@@ -21,9 +21,11 @@ import torch
 from torch import nn
 
 
-def small(input_shape, num_classes, hidden=8, dropout=0.0):
+def small(input_shape, num_classes, hidden=8, dropout=0.0, frozen=False):
     c, h, w = input_shape
-    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, hidden), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+    net = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, hidden), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+    net[2].train(not frozen)
+    return net
 
 
 def raises(input_shape, num_classes):
@@ -141,6 +143,8 @@ def test_the_factory_gets_the_shape_classes_and_options_and_its_model_is_used(ne
     assert [m.__class__.__name__ for m in model] == ["Flatten", "Linear", "Dropout", "Linear"]
     assert model[1].in_features == 48 and model[1].out_features == 5 and model[3].out_features == 7
     assert model.training  # as the factory made it: the check runs in eval mode, then restores it
+    frozen = build_model(f"{name}:small", {"frozen": True}, (3, 4, 4), 7, [path])
+    assert [m.training for m in frozen] == [True, True, False, True]  # the factory's frozen dropout stays so
 
 
 def test_the_check_leaves_the_random_stream_where_the_factory_left_it(nets: tuple[str, str]) -> None:
@@ -159,12 +163,12 @@ def test_the_check_leaves_the_random_stream_where_the_factory_left_it(nets: tupl
 @pytest.mark.parametrize(
     ("factory", "options", "message"),
     [
-        ("raises", {}, r"raised ValueError: no net for 10 classes \(.*nets_\w+\.py, line 15\)$"),
+        ("raises", {}, r"raised ValueError: no net for 10 classes \(.*nets_\w+\.py, line 17\)$"),
         ("small", {"depth": 2}, r"raised TypeError: small\(\) got an unexpected keyword argument 'depth'$"),
         ("not_a_module", {}, r"model: nets_\w+:not_a_module returned builtins\.list, not a torch\.nn\.Module$"),
         ("wrong_outputs", {}, r"returned shape \(2, 784\) for inputs of shape \(2, 1, 28, 28\); .* \(2, 10\)"),
         ("absent", {}, r"model: module 'nets_\w+' has no 'absent'; it has: Noisy, helper, .*, wrong_outputs$"),
-        ("NOT_CALLABLE", {}, r"model: nets_\w+:NOT_CALLABLE is a int, not a function"),
+        ("NOT_CALLABLE", {}, r"model: nets_\w+:NOT_CALLABLE is not callable \(it is int\); name a function"),
     ],
 )
 def test_each_way_a_factory_fails_is_one_line(nets: tuple[str, str], factory: str, options: dict, message: str) -> None:
