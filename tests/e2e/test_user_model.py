@@ -53,6 +53,7 @@ def project(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_a_user_model_trains_resumes_bitwise_after_a_kill_and_exports(project: Path, tmp_path: Path) -> None:
     cwd, whole, one_epoch = tmp_path / "elsewhere", tmp_path / "whole", "--set=epochs=1"
     args = ("../project/job.toml", *SPEC, one_epoch, f"--set=checkpoint.dir={whole}", "--quiet")
