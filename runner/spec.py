@@ -23,6 +23,7 @@ from runner.data.augment import AUGMENTATIONS
 from runner.data.datasets import DATASETS
 from runner.errors import UserError
 from runner.models.registry import MODELS, known_model, options_type, torchvision_models
+from runner.models.user import check_ref, is_user_model, resolve_code
 
 # A DNS label, because the name becomes the name of Kubernetes objects.
 NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -146,8 +147,11 @@ class TrainSpec(_Table):
 
 class JobSpec(TrainSpec):
     name: str
-    model: str
+    model: str  # a built-in or torchvision name, or the user's "package.module:factory"
     model_options: dict[str, Any] = {}
+    # The user model's files and packages (models/user.py), relative to the spec's folder;
+    # absolute once loaded, so the saved spec finds them (in an image: backends/image.py).
+    code: list[str] = []
     device: str = "auto"
     threads: int = Field(0, ge=0, le=1024)  # CPU threads; 0 = the cores this process may use
     # Start a new run from finished weights: a run directory (path or URL), or "previous":
@@ -181,10 +185,13 @@ class JobSpec(TrainSpec):
     @field_validator("model")
     @classmethod
     def _known_model(cls, v: str) -> str:
+        if is_user_model(v):
+            return check_ref(v)
         if not known_model(v):
             raise ValueError(
                 f"unknown model '{v}'{did_you_mean(v, [*MODELS, *torchvision_models()])}; "
-                f"known: {', '.join(MODELS)} or any torchvision classifier (e.g. resnet18)"
+                f"known: {', '.join(MODELS)}, any torchvision classifier (e.g. resnet18), "
+                'or your own "module:factory"'
             )
         return v
 
@@ -246,7 +253,8 @@ def load_spec(path: str, overrides: Sequence[str] = ()) -> JobSpec:
         raise UserError(f"{path}: invalid TOML: {e}") from None
     if not raw:
         raise UserError(f"{path}: the spec is empty; it needs at least name, model and [data] dataset")
-    return resolve(raw, path, overrides)
+    spec = resolve(raw, path, overrides)
+    return spec.model_copy(update={"code": resolve_code(spec.code, Path(path).parent, path)}) if spec.code else spec
 
 
 def resolve(raw: dict[str, Any], source: str, overrides: Sequence[str] = ()) -> JobSpec:
@@ -288,7 +296,7 @@ def _set(raw: dict[str, Any], keys: list[str], value: Any, text: str) -> None:
 # (model, optimizer, data, batch size, seed, ...) changes what the saved state or its
 # position means, so resuming would silently train something else.
 MAY_CHANGE_ON_RESUME = (
-    *("epochs", "device", "precision", "compile", "threads", "data.root", "data.download", "init_from"),
+    *("epochs", "device", "precision", "compile", "threads", "data.root", "data.download", "init_from", "code"),
     *("checkpoint.", "resources.", "image.", "schedule."),
 )
 

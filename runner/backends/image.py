@@ -4,21 +4,29 @@ The tag is a hash of the build context (what docker/Dockerfile copies) and the
 spec's [image] table (the base image), so the same sources always give the same
 tag and any change gives a new one; never `latest`, which a node may have cached
 stale.
+
+The build context is staged in a temporary folder: runner's sources, and the spec's
+`code` (a user model's files and packages, models/user.py) under code/, which the
+image holds at IMAGE_CODE_DIR, on its PYTHONPATH. The spec a cluster runs names them
+there (`in_image`).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner.errors import UserError
 
 if TYPE_CHECKING:
-    from runner.spec import ImageSpec
+    from runner.spec import ImageSpec, JobSpec
 
 # What docker/Dockerfile copies into the image; keep the two in step.
 CONTEXT = ("pyproject.toml", "README.md", "docker/Dockerfile", "runner")
+CODE = "code"  # the context's folder of the spec's code, copied to IMAGE_CODE_DIR
+IMAGE_CODE_DIR = "/opt/runner/code"
 
 
 def source_root() -> Path | None:
@@ -27,14 +35,41 @@ def source_root() -> Path | None:
     return root if (root / "docker" / "Dockerfile").is_file() else None
 
 
-def context_files(root: Path) -> dict[str, bytes]:
-    """Every file of the build context, by path relative to `root`, caches excluded."""
+def context_files(root: Path, code: Sequence[str] = ()) -> dict[str, bytes]:
+    """Every file of the build context, by its path in the context: runner's, from the
+    checkout at `root`, caches excluded; then each of `code` (absolute paths, files or
+    package folders) under code/<its name>, as the spec's `code` names it."""
     files: dict[str, bytes] = {}
     for entry in CONTEXT:
         path = root / entry
         for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
             files[file.relative_to(root).as_posix()] = file.read_bytes()
+    for entry in map(Path, code):
+        inside = sorted(f for f in entry.rglob("*") if f.is_file() and "__pycache__" not in f.parts)
+        for file in inside if entry.is_dir() else [entry]:
+            files[f"{CODE}/{file.relative_to(entry.parent).as_posix()}"] = file.read_bytes()
     return files
+
+
+def stage(files: dict[str, bytes], into: Path) -> None:
+    """Write the build context `files` into the folder `into` (code/ even when empty)."""
+    (into / CODE).mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (into / name).parent.mkdir(parents=True, exist_ok=True)
+        (into / name).write_bytes(data)
+
+
+def in_image(spec: JobSpec) -> JobSpec:
+    """`spec` as the image runs it: its code where the image holds it (pure)."""
+    return spec.model_copy(update={"code": [f"{IMAGE_CODE_DIR}/{Path(c).name}" for c in spec.code]})
+
+
+def describe(files: dict[str, bytes], code: Sequence[str]) -> list[str]:
+    """The build context, in comment lines for `runner build --dry-run` (pure)."""
+    own = sum(1 for name in files if not name.startswith(f"{CODE}/"))
+    lines = [f"# build context (staged in a temporary folder): runner's sources ({own} files)"]
+    lines += [f"# + {CODE}/{Path(c).name} <- {c} (in the image: {IMAGE_CODE_DIR}/{Path(c).name})" for c in code]
+    return lines
 
 
 def content_tag(files: dict[str, bytes], image: ImageSpec) -> str:
@@ -45,19 +80,24 @@ def content_tag(files: dict[str, bytes], image: ImageSpec) -> str:
     return digest.hexdigest()[:16]
 
 
-def reference(image: ImageSpec) -> str:
-    """`repository:tag` for this checkout's sources."""
+def build_context(code: Sequence[str] = ()) -> dict[str, bytes]:
+    """The build context for this checkout's sources and `code` (see `context_files`)."""
     root = source_root()
     if root is None:
         raise UserError("--image: runner is not running from a checkout with docker/Dockerfile; name the image")
-    return f"{image.repository}:{content_tag(context_files(root), image)}"
+    return context_files(root, code)
+
+
+def reference(image: ImageSpec, code: Sequence[str] = ()) -> str:
+    """`repository:tag` for this checkout's sources and `code`."""
+    return f"{image.repository}:{content_tag(build_context(code), image)}"
 
 
 BUILDERS = ("docker", "podman", "buildah")  # `runner build --builder`; the first is the default
 
 
 def build_commands(ref: str, image: ImageSpec, builder: str, push: bool) -> list[list[str]]:
-    """The commands that build (and push) `ref` from the repository root (pure)."""
+    """The commands that build (and push) `ref`, run in the staged build context (pure)."""
     build = ["bud"] if builder == "buildah" else ["build"]
     commands = [[builder, *build, "-f", "docker/Dockerfile", "--build-arg", f"BASE_IMAGE={image.base}", "-t", ref, "."]]
     if push:

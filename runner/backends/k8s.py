@@ -49,10 +49,10 @@ class K8sBackend:
         from runner.backends import image as images
         from runner.spec import to_toml
 
-        image = job.image or images.reference(job.spec.image)
+        image = job.image or images.reference(job.spec.image, job.spec.code)
         created: list[dict[str, Any]] = []
         try:
-            for manifest in manifests.render(job.spec, to_toml(job.spec), image):
+            for manifest in manifests.render(job.spec, to_toml(images.in_image(job.spec)), image):
                 self._create(self._api(manifest["kind"], "create"), manifest)
                 created.append(manifest)
         except BaseException:

@@ -137,10 +137,19 @@ def validate(
 ) -> None:
     """Check a spec without running it."""
     from runner.backends.manifests import check_names
+    from runner.models.user import is_user_model
     from runner.spec import load_spec, to_toml
 
     resolved = load_spec(spec, set_)
     check_names(resolved)  # names Kubernetes would refuse for the objects this spec makes (a CronJob if scheduled)
+    if is_user_model(resolved.model):
+        # Your own model is built once on the data's shape: import errors, a factory that raises or
+        # returns no nn.Module, fail here. Only then is torch imported (built-in models stay fast).
+        from runner.data.datasets import DATASETS
+        from runner.models.registry import build_model
+
+        info = DATASETS[resolved.data.dataset]
+        build_model(resolved.model, resolved.model_options, info.shape, info.num_classes, resolved.code)
     typer.echo(
         to_toml(resolved)
         if show
@@ -158,19 +167,27 @@ def build(
     ] = Builder[BUILDERS[0]],  # type: ignore[misc]
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands instead of running them.")] = False,
 ) -> None:
-    """Build the job's image, tagged by content, under the spec's image.repository."""
+    """Build the job's image, tagged by content, under the spec's image.repository.
+
+    The image holds runner and the spec's code (your model's files and packages).
+    """
     import shlex
+    import tempfile
+    from pathlib import Path
 
     from runner.backends import image as images
     from runner.spec import load_spec
 
     resolved = load_spec(spec, set_)
-    ref = images.reference(resolved.image)
+    files = images.build_context(resolved.code)
+    ref = f"{resolved.image.repository}:{images.content_tag(files, resolved.image)}"
     commands = images.build_commands(ref, resolved.image, builder.value, push)
     if dry_run:
-        typer.echo("\n".join(shlex.join(c) for c in commands))
+        typer.echo("\n".join([*images.describe(files, resolved.code), *(shlex.join(c) for c in commands)]))
         return
-    images.run_commands(commands, images.source_root())  # type: ignore[arg-type]
+    with tempfile.TemporaryDirectory(prefix="runner-build-") as context:
+        images.stage(files, Path(context))
+        images.run_commands(commands, Path(context))
     typer.echo(ref)
 
 
@@ -192,7 +209,8 @@ def render(
     from runner.spec import load_spec, to_toml
 
     resolved = load_spec(spec, [*set_, *([f"schedule.cron={schedule}"] if schedule else [])])
-    objects = manifests.render(resolved, to_toml(resolved), image or images.reference(resolved.image), jobset)
+    ref = image or images.reference(resolved.image, resolved.code)
+    objects = manifests.render(resolved, to_toml(images.in_image(resolved)), ref, jobset)
     typer.echo(manifests.to_yaml(objects), nl=False)
 
 

@@ -41,3 +41,10 @@ class TorchvisionOptions(ModelOptions):
     """Keyword arguments for a torchvision.models constructor (checked when built)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class UserModelOptions(ModelOptions):
+    """A user model's `model_options`: any table, passed to its factory as keyword arguments
+    (checked by the factory when it is called)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)

@@ -4,16 +4,26 @@ Adding a model is one entry in MODELS: an options type (models/options.py, valid
 when the spec loads, so typos fail before anything runs) and the import path of its
 nn.Module, which is imported only when a model is built (torch stays out of `runner
 validate`). Any torchvision classifier can be named too (e.g. `resnet18`, see
-models/vision.py); its options are passed to the torchvision constructor.
+models/vision.py); its options are passed to the torchvision constructor. A name
+with ':' is the user's own `module:factory` (models/user.py), its options free-form.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from runner.models.options import CNN3Options, CNNOptions, MLPOptions, ModelOptions, TorchvisionOptions
+from runner.models.options import (
+    CNN3Options,
+    CNNOptions,
+    MLPOptions,
+    ModelOptions,
+    TorchvisionOptions,
+    UserModelOptions,
+)
+from runner.models.user import is_user_model
 from runner.models.vision import TORCHVISION_CLASSIFIERS, torchvision_models
 
 if TYPE_CHECKING:
@@ -39,14 +49,26 @@ def known_model(name: str) -> bool:
 
 def options_type(name: str) -> type[ModelOptions]:
     entry = MODELS.get(name)
-    return entry.options if entry else TorchvisionOptions
+    return entry.options if entry else UserModelOptions if is_user_model(name) else TorchvisionOptions
 
 
-def build_model(name: str, options: dict[str, Any], in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+def build_model(
+    name: str,
+    options: dict[str, Any],
+    in_shape: tuple[int, int, int],
+    num_classes: int,
+    code: Sequence[str] = (),
+) -> nn.Module:
     """Build a fresh model for inputs of shape (C, H, W); weights come from torch's RNG.
+    `code`: the files and packages of a user model (absolute paths; models/user.py).
 
-    Raises UserError for options or an input shape the model cannot take.
+    Raises UserError for options or an input shape the model cannot take, and for user
+    code that cannot be imported or does not build a model.
     """
+    if is_user_model(name):
+        from runner.models.user import build_user_model
+
+        return build_user_model(name, options, in_shape, num_classes, code)
     opts = options_type(name).model_validate(options)
     entry = MODELS.get(name)
     if entry is None:

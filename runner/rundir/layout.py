@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 import tomllib
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from runner import __version__, storage, strict_json
@@ -159,14 +160,18 @@ class RunDir:
             storage.delete_tree(self.path(name))
 
 
-def weights_metadata(model: str, model_options: dict[str, Any], dataset: str, pre: Preprocessing) -> dict[str, str]:
+def weights_metadata(
+    model: str, model_options: dict[str, Any], dataset: str, pre: Preprocessing, code: Sequence[str] = ()
+) -> dict[str, str]:
     """What a program needs to use the weights without the spec (safetensors metadata is str->str):
-    the model and its options, the data set's name, and its preprocessing."""
+    the model and its options, the data set's name, and its preprocessing; for a user model
+    (`module:factory`), `code`: where its files were (a JSON list of paths)."""
     return {
         "format": "runner/1",
         "runner_version": __version__,
         "model": model,
         "model_options": strict_json.dumps(model_options),
+        **({"code": strict_json.dumps(list(code))} if code else {}),
         "dataset": dataset,
         **pre.to_metadata(),
     }

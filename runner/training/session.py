@@ -52,7 +52,7 @@ def build_trainer(spec: JobSpec, rank: Rank = Rank()) -> Trainer:
     placement = select(spec.device, spec.precision, spec.threads, rank.local_rank, rank.local_world_size)
     data = load_dataset(spec.data.dataset, spec.data.root, spec.data.download, spec.data.val_fraction, spec.seed)
     torch.manual_seed(spec.seed)  # seeds the weights and dropout (CPU and every GPU)
-    model = build_model(spec.model, spec.model_options, data.info.shape, data.info.num_classes)
+    model = build_model(spec.model, spec.model_options, data.info.shape, data.info.num_classes, spec.code)
     return Trainer(spec, model, data, placement, augment=spec.data.augment)
 
 
@@ -283,7 +283,7 @@ class Session:
             # Within the grace period of a stop signal, if one came: the checkpoint comes first.
             grace = preempted.at and preempted.at + spec.resources.grace_seconds - END_MARGIN_S
             board.close(self.stopping_by or grace)
-        metadata = weights_metadata(spec.model, spec.model_options, spec.data.dataset, preprocessing)
+        metadata = weights_metadata(spec.model, spec.model_options, spec.data.dataset, preprocessing, spec.code)
         # The weights are the run's result: they never depend on the final checkpoint.
         self._write_final(writer, state.model.state_dict(), metadata)
         run_dir.write_metrics([*state.history, final], final=True)  # last: the final record means "done"

@@ -93,7 +93,7 @@ def load_trained(run_dir: RunDir, checkpoint: str | None = None, warn: Callable[
     spec = validate_spec(tomllib.loads(payload["spec"]), url)
     # A checkpoint has no metadata of its own: what the run's final weights would carry.
     pre = checkpoint_preprocessing(payload, spec)
-    metadata = weights_metadata(spec.model, spec.model_options, spec.data.dataset, pre)
+    metadata = weights_metadata(spec.model, spec.model_options, spec.data.dataset, pre, spec.code)
     why = "" if checkpoint else ": the run has no final weights yet"
     return _build(payload["state"]["model"], metadata, f"checkpoint at step {entry.step} ({url}){why}")
 
@@ -134,6 +134,7 @@ def _build(weights: dict[str, torch.Tensor], metadata: dict[str, str], source: s
     # Built on the CPU from torch's RNG, then overwritten: fork it so that loading a
     # model leaves the caller's random stream where it was.
     with torch.random.fork_rng(devices=[]):
-        net = build_model(metadata["model"], json.loads(metadata["model_options"]), pre.input_shape, len(pre.classes))
+        options, code = json.loads(metadata["model_options"]), json.loads(metadata.get("code", "[]"))
+        net = build_model(metadata["model"], options, pre.input_shape, len(pre.classes), code)
     net.load_state_dict(weights)
     return Trained(Classifier(net, pre).eval(), metadata, source)
