@@ -96,7 +96,8 @@ def gate(
             promoted, run_dir.url, metric, value, current and book.run_dir(current).url, previous_value,
             min_improvement, reason,
         )  # fmt: skip
-        if not promoted:
+        already = current is not None and (current.run, current.weights_md5) == (name, md5)
+        if already or not promoted:
             return decision
         record = Promotion(name, step, size, md5, "" if force else metric, value, current and current.run,
                            previous_value, min_improvement, reason, by, time.time())  # fmt: skip
@@ -126,8 +127,8 @@ def _judge(
     if current is None:
         return True, f"the first promotion under {book.prefix}", None
     previous = book.run_dir(current).url
-    if current.run == name and current.weights_md5 == md5:
-        return False, f"{previous} is the promoted model already", current.value
+    if current.run == name and current.weights_md5 == md5:  # a retried run, or promoted by hand: no new record
+        return True, f"{previous} is the promoted model already", current.value
     if force:
         return True, f"promoted by hand over {previous}, not compared (--force)", None
     key = (current.run, current.weights_md5)

@@ -146,8 +146,9 @@ def test_first_promotes_itself_worse_does_not_better_does(tmp_path: Path) -> Non
     assert promoted_run(prefix) == "r3" and sorted(p.name for p in (tmp_path / "job/promoted").iterdir()) == [
         "0000000001.json", "0000000002.json"
     ]  # fmt: skip
-    again = gate(runs["r3"], "test_acc", 0.0, score, said.append)
-    assert not again.promoted and again.reason.endswith("is the promoted model already")
+    again = gate(runs["r3"], "test_acc", 0.0, score, said.append)  # a retried run's gate: no second record
+    assert again.promoted and again.reason.endswith("is the promoted model already")
+    assert Promotions(prefix).newest()[0] == 2
     assert said == []  # no race: nothing to say along the way
 
 
