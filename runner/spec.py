@@ -128,6 +128,15 @@ class ScheduleSpec(_Table):
         return v
 
 
+class PromoteSpec(_Table):
+    """The promotion gate at the end of a run (use/gate.py): promote the run if its `metric`
+    beats the job's promoted model's, on this run's held-out samples, by more than `min_improvement`."""
+
+    enabled: bool = False
+    metric: Literal["test_acc", "val_acc"] = "test_acc"
+    min_improvement: float = Field(0.0, ge=0, lt=1)  # absolute: 0.005 is half a percentage point
+
+
 class TrainSpec(_Table):
     """The fields the training engine reads (and nothing else)."""
 
@@ -154,14 +163,24 @@ class JobSpec(TrainSpec):
     code: list[str] = []
     device: str = "auto"
     threads: int = Field(0, ge=0, le=1024)  # CPU threads; 0 = the cores this process may use
-    # Start a new run from finished weights: a run directory (path or URL), or "previous":
-    # the newest finished run beside this one (scheduled retraining warm-starts this way).
+    # Start a new run from finished weights: a run directory (path or URL), "previous" (the
+    # newest finished run beside this one), or "promoted" (the job's promoted model).
     init_from: str = ""
     data: DataSpec
     checkpoint: CheckpointSpec
     resources: ResourcesSpec = ResourcesSpec()
     image: ImageSpec = ImageSpec()
     schedule: ScheduleSpec = ScheduleSpec()
+    promote: PromoteSpec = PromoteSpec()
+
+    @model_validator(mode="after")
+    def _val_acc_needs_val_samples(self) -> JobSpec:
+        if self.promote.enabled and self.promote.metric == "val_acc" and self.data.val_fraction == 0:
+            raise ValueError(
+                'promote.metric = "val_acc" needs validation samples, but data.val_fraction = 0; '
+                "use test_acc or hold some out"
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -297,7 +316,7 @@ def _set(raw: dict[str, Any], keys: list[str], value: Any, text: str) -> None:
 # position means, so resuming would silently train something else.
 MAY_CHANGE_ON_RESUME = (
     *("epochs", "device", "precision", "compile", "threads", "data.root", "data.download", "init_from", "code"),
-    *("checkpoint.", "resources.", "image.", "schedule."),
+    *("checkpoint.", "resources.", "image.", "schedule.", "promote."),
 )
 
 
@@ -353,7 +372,7 @@ def _describe(
         else:
             reason = f"{err['msg']} (got {err['input']!r})"
         origin = _origin(key, source, overridden)
-        parts.append(f"{origin}: {key}: {reason}")
+        parts.append(f"{origin}: {key}: {reason}" if key else f"{origin}: {reason}")  # no key: the spec as a whole
     return "; ".join(parts)
 
 

@@ -1,4 +1,4 @@
-"""Commands that watch and steer runs: ls, status, logs, cancel."""
+"""Commands that watch and steer runs: ls, status, logs, cancel, promote."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from runner.cli.app import command
-from runner.cli.options import Backend, BackendOpt, ContextOpt, JsonOpt, NamespaceOpt, RunArg
-from runner.cli.output import emit
+from runner.cli.options import Backend, BackendOpt, ContextOpt, JsonOpt, NamespaceOpt, RunArg, RunDirArg
+from runner.cli.output import emit, note
 
 
 @command()
@@ -23,7 +23,9 @@ def ls(
     from runner.rundir import summary
     from runner.rundir.layout import find_runs
 
-    found = [summary.read(r) for r in find_runs(prefix)]
+    runs = find_runs(prefix)
+    promoted = summary.promoted_runs(runs)
+    found = [{**summary.read(r), "promoted": r.url in promoted} for r in runs]
     emit(json_, found, lambda: views.runs_table(found) if found else f"no runs under {prefix}")
 
 
@@ -69,3 +71,23 @@ def cancel(
     from runner.backends.registry import open_backend
 
     typer.echo(open_backend(backend.value, namespace, context).cancel(run))
+
+
+@command()
+def promote(
+    run: RunDirArg,
+    force: Annotated[bool, typer.Option("--force", help="Promote it without comparing.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Make a finished run's model its job's promoted model, if it beats the promoted one.
+
+    The job is the folder RUN is in. Both models are scored on RUN's own held-out samples with
+    RUN's [promote] metric and min_improvement; --force promotes it regardless. Exits 0 either way.
+    """
+    from runner.rundir.layout import open_run
+
+    run_dir = open_run(run)
+    from runner.use.gate import promote_by_hand
+
+    decision = promote_by_hand(run_dir, force, note)
+    emit(json_, decision.to_json(), decision.line)

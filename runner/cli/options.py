@@ -40,6 +40,14 @@ RunArg = Annotated[
     str, typer.Argument(metavar="RUN", help="A run directory, local or a URL (k8s backend: a job name).")
 ]
 RunDirArg = Annotated[str, typer.Argument(metavar="RUN", help="A run directory: a path or URL (gs://bucket/runs/x).")]
+ModelRunArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="RUN",
+        help="A run directory (a path or URL, gs://bucket/runs/x), or a job's promoted/ folder for its promoted "
+        "model (gs://bucket/jobs/cnn/promoted).",
+    ),
+]
 CheckpointOpt = Annotated[
     str | None,
     typer.Option(

@@ -36,3 +36,8 @@ def emit(as_json: bool, data: Any, view: Callable[[], Any]) -> None:
 
 def warn(message: str) -> None:
     typer.echo(f"warning: {message}", err=True)
+
+
+def note(message: str) -> None:
+    """A line for the person, on stderr: it never mixes into output a script reads."""
+    typer.echo(message, err=True)

@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 
 from runner.cli.app import command
-from runner.cli.options import CheckpointOpt, JsonOpt, RunDirArg, SetOpt, choices
-from runner.cli.output import emit, warn
+from runner.cli.options import CheckpointOpt, JsonOpt, ModelRunArg, SetOpt, choices
+from runner.cli.output import emit, note, warn
 from runner.use.export import FORMATS
 
 Split = choices("Split", ("test", "val"))
@@ -36,7 +36,7 @@ def plot(
 
 @command("eval")
 def eval_(
-    run: RunDirArg,
+    run: ModelRunArg,
     split: Annotated[Split, typer.Option("--split", help="The run's held-out samples to use.")] = Split.test,  # type: ignore[valid-type,attr-defined]
     checkpoint: CheckpointOpt = None,
     set_: SetOpt = [],
@@ -47,9 +47,9 @@ def eval_(
     --set may say where the data is now (data.root, data.download) or where to compute (device, threads).
     """
     from runner.cli import views
-    from runner.rundir.layout import open_run
+    from runner.use.source import open_model_run
 
-    run_dir = open_run(run)
+    run_dir = open_model_run(run, note)
     from runner.use.evaluate import evaluate_run
 
     result = evaluate_run(run_dir, split.value, checkpoint, set_, warn)
@@ -58,7 +58,7 @@ def eval_(
 
 @command()
 def predict(
-    run: RunDirArg,
+    run: ModelRunArg,
     images: Annotated[list[str], typer.Argument(metavar="IMAGE...", help="Image files (PNG, JPEG), any size.")],
     top: Annotated[int, typer.Option("--top", "-k", min=1, help="Classes shown per image.")] = 3,
     invert: Annotated[
@@ -74,9 +74,9 @@ def predict(
 ) -> None:
     """Classify image files with a run's model and preprocessing: the top classes, with probabilities."""
     from runner.cli import views
-    from runner.rundir.layout import open_run
+    from runner.use.source import open_model_run
 
-    run_dir = open_run(run)
+    run_dir = open_model_run(run, note)
     from runner.use.predict import predict as classify
     from runner.use.trained import load_trained
 
@@ -88,7 +88,7 @@ def predict(
 
 @command()
 def export(
-    run: RunDirArg,
+    run: ModelRunArg,
     fmt: Annotated[
         ExportFormat,  # type: ignore[valid-type]
         typer.Option(
@@ -102,9 +102,9 @@ def export(
     checkpoint: CheckpointOpt = None,
 ) -> None:
     """Write a run's trained model in a form other programs load."""
-    from runner.rundir.layout import open_run
+    from runner.use.source import open_model_run
 
-    run_dir = open_run(run)
+    run_dir = open_model_run(run, note)
     from runner.use import export as exports
     from runner.use.trained import load_trained
 

@@ -58,7 +58,7 @@ def runs_table(runs: list[dict[str, Any]]) -> Table:
     for run in runs:
         checkpoints = run["checkpoints"]
         table.add_row(
-            run["run"],
+            run["run"] + (" [bold green](promoted)[/]" if run.get("promoted") else ""),
             state(run),
             epochs(run),
             steps(run),

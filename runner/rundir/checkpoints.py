@@ -35,20 +35,31 @@ def record_seq(name: str) -> int | None:
 
 def seal(record: dict[str, Any]) -> dict[str, Any]:
     """`record` with the MD5 of its canonical JSON added (key "md5"): what `opened` checks."""
+    if "md5" in record:  # it would be overwritten, and the record never verify
+        raise ValueError("a record to seal has a key 'md5' of its own")
     return {**record, "md5": storage.md5(_canonical(record))}
 
 
 def opened(data: bytes) -> dict[str, Any] | None:
-    """The record in `data`, or None if it is not one whole, sealed record (empty, cut off,
-    or not what was sealed). Records from before sealing (no "md5") are taken as they parse."""
+    """The commit record in `data`, or None if it is not one whole, sealed record (empty, cut
+    off, or not what was sealed). Records from before sealing (no "md5") are taken as they parse."""
+    record = unsealed(data, sealed_only=False)
+    return record if record is not None and isinstance(record.get("checkpoints"), list) else None
+
+
+def unsealed(data: bytes, sealed_only: bool = True) -> dict[str, Any] | None:
+    """The JSON object in `data` without its seal, or None if it is not one whole object whose
+    MD5 matches its seal (`sealed_only`: one without a seal is None too). Any record `seal` wrote."""
     try:
         record = json.loads(data)
     except ValueError:  # UnicodeDecodeError and JSONDecodeError both
         return None
-    if not isinstance(record, dict) or not isinstance(record.get("checkpoints"), list):
+    if not isinstance(record, dict):
         return None
     md5 = record.pop("md5", None)
-    return record if md5 is None or md5 == storage.md5(_canonical(record)) else None
+    if md5 is None:
+        return None if sealed_only else record
+    return record if md5 == storage.md5(_canonical(record)) else None
 
 
 def _canonical(record: dict[str, Any]) -> bytes:

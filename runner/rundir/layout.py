@@ -208,17 +208,27 @@ def find_runs(prefix: str) -> list[RunDir]:
     return [r for r in runs if r.looks_like_a_run()]
 
 
+def prefix_of(run_url: str) -> str | None:
+    """The folder that holds the run directory `run_url` (a job's prefix: a CronJob's runs are
+    in it side by side), "." for a bare relative name; None for a run directory at a bucket's
+    root, beside which are other buckets, which runner does not list (storage.buckets.list)."""
+    _, found, rest = run_url.rstrip("/").partition("://")
+    if found and "/" not in rest:
+        return None
+    parent = run_url.rstrip("/").rpartition("/")[0]
+    return parent or ("/" if run_url.startswith("/") else ".")
+
+
 def newest_finished_sibling(run_url: str) -> RunDir | None:
     """The most recently finished run directory beside `run_url` (not itself), if any.
 
     A run directory at a bucket's root has none: beside it are other buckets, which runner
     does not list (that needs storage.buckets.list).
     """
-    _, found, rest = run_url.rstrip("/").partition("://")
-    if found and "/" not in rest:
+    parent = prefix_of(run_url)
+    if parent is None:
         return None
-    parent, _, own = run_url.rstrip("/").rpartition("/")
-    parent = parent or "."
+    own = run_url.rstrip("/").rpartition("/")[2]
     finished = []
     for name in storage.list_names(parent):
         weights = storage.join(parent, name, FINAL_WEIGHTS)

@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from runner.rundir import heartbeat
-from runner.rundir.layout import RunDir
+from runner.rundir.layout import RunDir, prefix_of
 
 if TYPE_CHECKING:
     from runner.rundir.checkpoints import Entry
@@ -74,3 +74,16 @@ def state_of(run_dir: RunDir) -> tuple[str, dict[str, Any]]:
     """A run's state and its status.json (empty if none): what `logs -f` and `cancel` poll."""
     status = run_dir.read_status()
     return heartbeat.state(status, False, time.time()), status or {}
+
+
+def promoted_runs(runs: list[RunDir]) -> set[str]:
+    """The URLs among `runs` that hold their job's promoted model (the newest promotion record
+    in the folder each is in; its weights are not checked here: `ls` reads no weights)."""
+    from runner.rundir.promotions import Promotions
+
+    found = set()
+    for prefix in {p for r in runs if (p := prefix_of(r.url)) is not None}:
+        _, promotion = Promotions(prefix).newest()
+        if promotion is not None:
+            found.add(Promotions(prefix).run_dir(promotion).url.rstrip("/"))
+    return {r.url for r in runs if r.url.rstrip("/") in found}

@@ -39,9 +39,13 @@ def start_over(run_dir: RunDir, overwrite: bool) -> None:
 
 def warm_start(trainer: Trainer, init_from: str, run_dir: RunDir, say: Say) -> None:
     """Load another run's final weights into the fresh model (optimizer and position start anew)."""
-    source = newest_finished_sibling(run_dir.url) if init_from == "previous" else RunDir(init_from)
+    if init_from == "promoted":
+        source = _promoted(run_dir, say)
+    else:
+        source = newest_finished_sibling(run_dir.url) if init_from == "previous" else RunDir(init_from)
     if source is None:
-        say("init_from = previous: no finished run beside this one yet; starting from scratch")
+        if init_from == "previous":
+            say("init_from = previous: no finished run beside this one yet; starting from scratch")
         return
     try:
         weights, _ = source.read_final()
@@ -56,6 +60,28 @@ def warm_start(trainer: Trainer, init_from: str, run_dir: RunDir, say: Say) -> N
             f"init_from: the weights in {source.url} do not fit this model: {str(e).splitlines()[0]}"
         ) from None
     say(f"initialised from {source.path(FINAL_WEIGHTS)}")
+
+
+def _promoted(run_dir: RunDir, say: Say) -> RunDir | None:
+    """The run holding the promoted model of `run_dir`'s job, or None (said why): nothing promoted
+    yet (the first run), or its weights are gone or changed since (a run directory started over)."""
+    from runner.rundir.promotions import Promotions
+
+    book = Promotions.beside(run_dir.url)
+    if book is None:
+        raise UserError(
+            f"init_from = promoted: {run_dir.url} is at a bucket's root, with no job prefix holding promotions; "
+            "put the job's runs in a folder (gs://BUCKET/jobs/NAME/RUN)"
+        )
+    _, promotion = book.newest()
+    if promotion is None:
+        say(f"init_from = promoted: nothing promoted under {book.prefix} yet; starting from scratch")
+        return None
+    if (changed := book.weights_changed(promotion)) is not None:
+        # The gate at this run's end finds the same and promotes it over them: the loop heals.
+        say(f"init_from = promoted: the promoted model can no longer be used ({changed}); starting from scratch")
+        return None
+    return book.run_dir(promotion)
 
 
 def claim_and_resume(writer: CheckpointWriter, trainer: Trainer, spec: JobSpec, say: Say) -> Entry | None:

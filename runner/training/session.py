@@ -29,6 +29,7 @@ from runner.spec import JobSpec, check_global_batch, to_toml
 from runner.timebox import call_by
 from runner.training.library_logs import library_logs_to
 from runner.training.progress import show
+from runner.training.promotion import check_promotable, promote_after_training
 from runner.training.ranks import Rank
 from runner.training.signals import StopNow
 
@@ -189,6 +190,7 @@ class Session:
 
         spec, run_dir, state = self.spec, self.run_dir, trainer.state
         storage.check_reachable(run_dir.url)
+        check_promotable(spec)
         self.heartbeat = heartbeat.Heartbeat(run_dir, lambda: {"epoch": state.epoch, "step": state.step})
         if fresh:
             resume.start_over(run_dir, overwrite)
@@ -286,12 +288,17 @@ class Session:
         metadata = weights_metadata(spec.model, spec.model_options, spec.data.dataset, preprocessing, spec.code)
         # The weights are the run's result: they never depend on the final checkpoint.
         self._write_final(writer, state.model.state_dict(), metadata)
-        run_dir.write_metrics([*state.history, final], final=True)  # last: the final record means "done"
         self.say(f"done: test_acc {test_acc:.2%} (test_loss {test_loss:.4f}); weights at {run_dir.path(FINAL_WEIGHTS)}")
+        if spec.promote.enabled:  # before the final record: a run is done once trained and gated
+            decision = promote_after_training(spec, run_dir, trainer, self.say)
+            final["promotion"], self.note = decision.to_json(), decision.line()
+            self.say(self.note)
+        run_dir.write_metrics([*state.history, final], final=True)  # last: the final record means "done"
         if unsaved is not None:
             newest = f"step {writer.entries[0].step}" if writer.entries else "the start"
-            self.note = f"the final checkpoint was not saved ({unsaved}); a larger epochs would resume from {newest}"
-            self.say(f"warning: {self.note}")
+            warning = f"the final checkpoint was not saved ({unsaved}); a larger epochs would resume from {newest}"
+            self.note = "; ".join(filter(None, [self.note, warning]))
+            self.say(f"warning: {warning}")
         return Exit.OK
 
     def _final_save(self, checkpointer: Checkpointer, step: int) -> RunFailed | None:

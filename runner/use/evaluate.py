@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from runner.data.datasets import load_dataset
+from runner.data.datasets import Split, load_dataset
 from runner.device import select
 from runner.errors import UserError
 from runner.rundir.layout import SPEC, RunDir
@@ -91,13 +91,20 @@ def evaluate_run(
     """The run's weights on its test or validation split: the same samples the run used."""
     spec = run_spec(run_dir, overrides)  # bad overrides fail before the weights load
     trained = load_trained(run_dir, checkpoint, warn)
+    samples = held_out(spec, split, "--split")
+    return evaluate(trained, samples.x, samples.y, split, device_for(spec))
+
+
+def held_out(spec: JobSpec, split: str, option: str) -> Split:
+    """The run's own test or validation samples, as it drew them; UserError (naming `option`)
+    for a validation split the run did not hold out."""
     data = load_dataset(spec.data.dataset, spec.data.root, spec.data.download, spec.data.val_fraction, spec.seed)
     samples = data.test if split == "test" else data.val
     if not len(samples):
         raise UserError(
-            f"--split {split}: the run held out no validation samples (data.val_fraction = 0); use --split test"
+            f"{option} {split}: the run held out no validation samples (data.val_fraction = 0); use {option} test"
         )
-    return evaluate(trained, samples.x, samples.y, split, _device(spec))
+    return samples
 
 
 @torch.no_grad()
@@ -117,7 +124,7 @@ def evaluate(trained: Trained, x: torch.Tensor, y: torch.Tensor, split: str, dev
     return Evaluation(trained.source, split, trained.classes, rows, loss.item() / len(y))
 
 
-def _device(spec: JobSpec) -> torch.device:
+def device_for(spec: JobSpec) -> torch.device:
     try:  # fp32: the exact answer, not autocast's approximation of it
         placement = select(spec.device, "fp32", spec.threads)
     except UserError:  # trained on a GPU this machine lacks: the CPU gives the same answers, slower

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,8 @@ def test_render_prints_a_cronjob_for_schedule(tmp_path: Path) -> None:
 
 # k8s/: what a user reads and applies with `kubectl apply -k k8s/` (or k8s/8-gpus/, k8s/2-nodes/),
 # rendered by the real CLI. The image is a placeholder the kustomization sets.
-NIGHTLY = ["--set", BUCKET.replace("runs/cnn", "runs/cnn-nightly"), "--set", "name=cnn-nightly"]
+NIGHTLY = ["--set", BUCKET.replace("runs/cnn", "runs/cnn-nightly"), "--set", "name=cnn-nightly",
+           "--set", "init_from=promoted", "--set", "promote.enabled=true", "--set", "promote.min_improvement=0.002"]  # fmt: skip
 K8S_GPU = ["--set", "resources.gpus=1", "--set", "resources.accelerator=nvidia-l4"]
 K8S_H100X8 = [a for o in H100X8 for a in ("--set", o)]
 K8S = {
@@ -179,6 +181,9 @@ def test_the_k8s_examples_are_what_they_say() -> None:
     assert pod_of(one)["nodeSelector"]["cloud.google.com/gke-spot"] == "true"
     assert pod_of(one)["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert nightly["kind"] == "CronJob" and pod_of(nightly)["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+    # Gated retraining: each run starts from the promoted model, and is promoted only if better.
+    nightly_spec = tomllib.loads(examples["cronjob.yaml"][0]["data"]["spec.toml"])
+    assert nightly_spec["init_from"] == "promoted" and nightly_spec["promote"]["enabled"] is True
     eight = examples["8-gpus/job.yaml"]
     assert [m["kind"] for m in eight] == ["ConfigMap", "Job"]
     assert pod_of(eight[-1])["containers"][0]["args"][0] == "launch"
