@@ -159,10 +159,14 @@ class RunDir:
             storage.delete_tree(self.path(name))
 
 
-def weights_metadata(model: str, model_options: dict[str, Any], dataset: str, pre: Preprocessing) -> dict[str, str]:
+def weights_metadata(
+    model: str, model_options: dict[str, Any], dataset: str, pre: Preprocessing, data: dict[str, Any] | None = None
+) -> dict[str, str]:
     """What a program needs to use the weights without the spec (safetensors metadata is str->str):
-    the model and its options, the data set's name, and its preprocessing."""
+    the model and its options, the data set's name, its preprocessing, and the fingerprint of
+    the data it was trained on (data.fingerprint; absent for checkpoints written before it)."""
     return {
+        **({"data_fingerprint": strict_json.dumps(data)} if data is not None else {}),
         "format": "runner/1",
         "runner_version": __version__,
         "model": model,

@@ -91,7 +91,8 @@ def evaluate_run(
     """The run's weights on its test or validation split: the same samples the run used."""
     spec = run_spec(run_dir, overrides)  # bad overrides fail before the weights load
     trained = load_trained(run_dir, checkpoint, warn)
-    data = load_dataset(spec.data.dataset, spec.data.root, spec.data.download, spec.data.val_fraction, spec.seed)
+    d = spec.data
+    data = load_dataset(d.dataset, d.root, d.download, d.val_fraction, spec.seed, d.options())
     samples = data.test if split == "test" else data.val
     if not len(samples):
         raise UserError(
