@@ -105,7 +105,7 @@ def check_memory(images: int, shape: tuple[int, int, int], available: int | None
 
 
 def _gb(n: int) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
 def decode(path: str, shape: tuple[int, int, int]) -> tuple[np.ndarray | None, str, str]:
