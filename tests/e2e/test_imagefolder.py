@@ -11,6 +11,8 @@ import re
 from pathlib import Path
 
 from runner import storage
+from runner.rundir import summary
+from runner.rundir.layout import RunDir
 from tests.e2e.test_resume import final_weights, killed_at_random_moments
 from tests.helpers import JOBS, runner_cli, same_tensors, upload
 from tests.image_folders import write_digit_folder
@@ -44,7 +46,7 @@ def test_a_local_image_folder_trains_resumes_bitwise_and_refuses_a_renamed_class
     )
     assert same_tensors(final_weights(str(tmp_path / "killed")), final_weights(str(tmp_path / "ref")))
 
-    status = json.loads(runner_cli("status", "ref", "--json", cwd=tmp_path).stdout)["data"]
+    status = summary.read(RunDir(str(tmp_path / "ref")))["data"]  # what `runner status --json` prints
     assert status["input_shape"] == [1, 16, 16] and status["classes"][7] == "three"  # sorted folder names
     assert status["fingerprint"]["samples"] == 202 and status["fingerprint"]["per_class"]["seven"][0] == 20
 
@@ -59,8 +61,12 @@ def test_a_local_image_folder_trains_resumes_bitwise_and_refuses_a_renamed_class
     accepted = run(root, "--set=checkpoint.dir=ref", "--set=epochs=3", "--set=data.accept_changes=true", cwd=tmp_path)
     assert accepted.returncode == 0, accepted.stdout + accepted.stderr
     assert "resuming on it (data.accept_changes)" in accepted.stdout and "resumed from step" in accepted.stdout
-    evaluated = json.loads(runner_cli("eval", "ref", "--json", cwd=tmp_path).stdout)  # the data from the spec
-    assert "sevens" in evaluated["classes"] and evaluated["samples"] == 40  # 20% of 200 readable images
+    index = RunDir(str(tmp_path / "ref")).checkpoint_index()
+    index.refresh()
+    payload = index.newest_valid(print)[0]  # loaded with weights_only
+    assert payload["preprocessing"]["classes"][5] == "sevens" and payload["data"]["per_class"]["sevens"][0] == 20
+    metadata = RunDir(str(tmp_path / "ref")).read_final()[1]
+    assert json.loads(metadata["classes"])[5] == "sevens" and json.loads(metadata["data_fingerprint"])["samples"] == 202
 
 
 def test_a_bucket_image_folder_is_downloaded_once_then_only_new_files(bucket: str, tmp_path: Path) -> None:
