@@ -11,6 +11,7 @@ files it records, so a run killed mid-download re-fetches what it had not finish
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ from runner import storage
 from runner.errors import RunFailed, UserError
 
 INDEX = "index.json"
+LOCK = ".lock"
 FILES = "files"
 
 
@@ -49,6 +51,15 @@ def sync(root: str, cache: str) -> Synced:
     """Make the cache's copy of `root` current; what it holds, and what it took. Raises UserError
     if `root` holds nothing, RunFailed if a file arrived other than listed."""
     folder = os.path.join(cache or default_dir(), hashlib.sha256(root.rstrip("/").encode()).hexdigest()[:16])
+    os.makedirs(folder, exist_ok=True)
+    # One process at a time per root: the processes of a torchrun job on one machine share the
+    # cache; the first fetches, the others wait and find it current.
+    with open(os.path.join(folder, LOCK), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _sync(root, folder)
+
+
+def _sync(root: str, folder: str) -> Synced:
     files = storage.list_files(root)
     if not files:
         raise UserError(f"data.root: no files under {root}; put one folder per class of images there")
