@@ -162,3 +162,12 @@ def test_image_size_may_be_one_number_or_height_and_width() -> None:
     assert resolve(spec, "job.toml", ["data.image_size=32"]).data.options().image_size == (32, 32)
     options = resolve(spec, "job.toml", ["data.image_size=[24, 40]"]).data.options()
     assert options.image_size == (24, 40) and options.channels == 3
+
+
+def test_a_missing_folder_or_an_empty_bucket_prefix_is_one_line(tmp_path: Path, bucket: str) -> None:
+    with pytest.raises(
+        UserError, match=r"data.root: .*/nope is not a directory; point it at a folder of class folders"
+    ):
+        load(str(tmp_path / "nope"), 0, OPTIONS)
+    with pytest.raises(UserError, match=rf"data.root: no files under {bucket}/images; put one folder per class"):
+        load(f"{bucket}/images", 0, Options(image_size=(8, 8), cache=str(tmp_path)))
