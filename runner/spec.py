@@ -20,7 +20,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from runner.data.augment import AUGMENTATIONS
-from runner.data.datasets import DATASETS
+from runner.data.datasets import DATASETS, OWN_FILES, Options
 from runner.errors import UserError
 from runner.models.registry import MODELS, known_model, options_type, torchvision_models
 from runner.models.user import check_ref, is_user_model, resolve_code
@@ -49,6 +49,42 @@ class DataSpec(_Table):
     # Augmentation of each training batch on the device (data/augment.py): "flip", "crop"
     # (with padding), "translate". Off by default.
     augment: list[str] = []
+    # dataset = "imagefolder" (README, "Bringing your own data"): images fitted into [H, W] (n: [n, n]),
+    # channels (0: 3), unreadable images refused (else skipped), a single folder's test split, the cache.
+    image_size: list[int] = []
+    channels: Literal[0, 1, 3] = 0
+    strict: bool = False
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    cache: str = ""
+    # Resume although the data changed since the checkpoint (the run refuses it otherwise).
+    accept_changes: bool = False
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _image_size(cls, v: Any) -> Any:
+        v = [v, v] if isinstance(v, int) and not isinstance(v, bool) else v
+        if v and not (isinstance(v, list) and len(v) == 2 and all(type(n) is int and 1 <= n <= 8192 for n in v)):
+            raise ValueError(f"{v!r} is not an image size; give an int (e.g. 64) or [height, width], each 1..8192")
+        return v
+
+    @model_validator(mode="after")
+    def _own_files_only(self) -> DataSpec:
+        if self.dataset in OWN_FILES and not self.image_size:
+            raise ValueError(
+                f"image_size: required for dataset = '{self.dataset}' (the size images are fitted into), e.g. 64"
+            )
+        given = [k for k in ("image_size", "channels") if getattr(self, k)]
+        if self.dataset not in OWN_FILES and given:
+            raise ValueError(
+                f"{' and '.join(given)}: only for your own image files (dataset = 'imagefolder'); "
+                f"'{self.dataset}' has its own shape: remove {' and '.join(given)}"
+            )
+        return self
+
+    def options(self) -> Options:
+        """What the data set's loader is told besides root and download."""
+        size = (self.image_size[0], self.image_size[1]) if self.image_size else None
+        return Options(size, self.channels or 3, self.strict, self.test_fraction, self.cache)
 
     @field_validator("augment")
     @classmethod
@@ -316,6 +352,7 @@ def _set(raw: dict[str, Any], keys: list[str], value: Any, text: str) -> None:
 # position means, so resuming would silently train something else.
 MAY_CHANGE_ON_RESUME = (
     *("epochs", "device", "precision", "compile", "threads", "data.root", "data.download", "init_from", "code"),
+    *("data.cache", "data.strict", "data.accept_changes"),
     *("checkpoint.", "resources.", "image.", "schedule.", "promote."),
 )
 

@@ -203,6 +203,47 @@ def list_names(url: str) -> list[str]:
     return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries)
 
 
+def is_local(url: str) -> bool:
+    """Whether `url` is a path on this machine's file system (a FUSE mount counts)."""
+    return isinstance(_fs(url)[0], LocalFileSystem)
+
+
+def list_files(url: str) -> list[tuple[str, int, str]]:
+    """Every file below `url`, as (path relative to `url`, size in bytes, version), sorted by path.
+
+    The version changes whenever the content may have: GCS's generation (a new one on every
+    write), else the store's MD5 or ETag, else size and modification time. [] if nothing is there.
+    """
+    fs, path = _fs(url)
+    try:
+        with _needs(url, LIST):
+            found = fs.find(path, detail=True)
+    except FileNotFoundError:
+        return []
+    base = fs._strip_protocol(url).rstrip("/") + "/"
+    files = []
+    for name, info in found.items():
+        if info.get("type") == "directory" or not name.startswith(base):
+            continue
+        version = info.get("generation") or info.get("md5Hash") or info.get("ETag") or info.get("etag")
+        if not version:  # a local file, or a store that keeps no version: what changes with a rewrite
+            version = f"{info.get('size')}:{info.get('mtime') or info.get('created')}"
+        files.append((name[len(base) :], int(info.get("size") or 0), str(version)))
+    return sorted(files)
+
+
+def download(pairs: list[tuple[str, str]]) -> None:
+    """Copy each (URL, local path) pair to this machine, several at a time (fsspec's batched get).
+    All URLs must be on one store."""
+    if not pairs:
+        return
+    fs, _ = _fs(pairs[0][0])
+    for _, local in pairs:
+        os.makedirs(os.path.dirname(local) or ".", exist_ok=True)
+    with _needs(pairs[0][0], GET):
+        fs.get([fs._strip_protocol(url) for url, _ in pairs], [local for _, local in pairs])
+
+
 def _object(url: str) -> tuple[Any, str]:
     """The store and path of an object (or a prefix of objects) at `url`, never a bucket itself:
     gcsfs would read a bucket's metadata (storage.buckets.get) or, deleting, delete the bucket."""

@@ -12,35 +12,33 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from runner.data.preprocessing import Preprocessing
+from runner.data.splits import Loaded, Options, Split
 from runner.errors import UserError
 
 if TYPE_CHECKING:
     import torch
 
-
-@dataclass(frozen=True)
-class Split:
-    x: torch.Tensor  # uint8, (N, C, H, W)
-    y: torch.Tensor  # int64, (N,)
-
-    def __len__(self) -> int:
-        return len(self.y)
+    from runner.data.fingerprint import Fingerprint
 
 
-Loader = Callable[[str, bool], tuple[Split, Split]]  # (root, download) -> (train, test)
+Loader = Callable[[str, bool, int, Options], Loaded]  # (root, download, seed, options)
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    shape: tuple[int, int, int]  # (C, H, W)
-    classes: tuple[str, ...]
-    mean: tuple[float, ...]  # per channel, on the 0..1 scale
-    std: tuple[float, ...]
+    """A data set: its loader and what is known of it before loading. For a built-in one,
+    the facts are fixed (mean and std as published); for files of the user's own they come
+    from the data (`Dataset.info` has them filled in)."""
+
     load: Loader
+    shape: tuple[int, int, int] = (0, 0, 0)  # (C, H, W); zeros: from the data
+    classes: tuple[str, ...] = ()  # () : from the data (class folders)
+    mean: tuple[float, ...] = ()  # per channel, on the 0..1 scale; () : from the training split
+    std: tuple[float, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -53,16 +51,18 @@ class DatasetInfo:
 
 @dataclass(frozen=True)
 class Dataset:
-    info: DatasetInfo
+    info: DatasetInfo  # with every fact filled in
     train: Split
     val: Split  # empty when data.val_fraction = 0
     test: Split
+    fingerprint: Fingerprint
+    notes: tuple[str, ...] = ()
 
 
 def _torchvision(cls_name: str, expected: str) -> Loader:
     """A loader through torchvision's own dataset class (its parser, layout and download)."""
 
-    def load(root: str, download: bool) -> tuple[Split, Split]:
+    def load(root: str, download: bool, seed: int, options: Options) -> Loaded:
         import torch
         import torchvision
 
@@ -86,12 +86,12 @@ def _torchvision(cls_name: str, expected: str) -> Loader:
             x = torch.as_tensor(part.data)
             x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)  # NHWC -> NCHW
             splits.append(Split(x.contiguous(), torch.as_tensor(part.targets, dtype=torch.int64)))
-        return splits[0], splits[1]
+        return Loaded(splits[0], splits[1])
 
     return load
 
 
-def _load_digits(root: str, download: bool) -> tuple[Split, Split]:
+def _load_digits(root: str, download: bool, seed: int, options: Options) -> Loaded:
     """scikit-learn's 1,797 real 8x8 handwritten digits, shaped like MNIST.
 
     Each digit is upscaled to 20x20 and padded to 28x28, as MNIST centres its digits
@@ -111,40 +111,88 @@ def _load_digits(root: str, download: bool) -> tuple[Split, Split]:
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     n_test = len(y) // 5
     test, train = order[:n_test], order[n_test:]
-    return Split(x[train], y[train]), Split(x[test], y[test])
+    return Loaded(Split(x[train], y[train]), Split(x[test], y[test]))
+
+
+def _load_image_folder(root: str, download: bool, seed: int, options: Options) -> Loaded:
+    from runner.data.imagefolder import load
+
+    return load(root, seed, options)
 
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 
 DATASETS: dict[str, DatasetInfo] = {
-    "mnist": DatasetInfo((1, 28, 28), DIGIT_CLASSES, (0.1307,), (0.3081,), _torchvision("MNIST", "MNIST/raw")),
+    "mnist": DatasetInfo(_torchvision("MNIST", "MNIST/raw"), (1, 28, 28), DIGIT_CLASSES, (0.1307,), (0.3081,)),
     "fashion-mnist": DatasetInfo(
+        _torchvision("FashionMNIST", "FashionMNIST/raw"),
         (1, 28, 28),
         ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"),
         (0.2860,),
         (0.3530,),
-        _torchvision("FashionMNIST", "FashionMNIST/raw"),
     ),  # fmt: skip
     "cifar10": DatasetInfo(
+        _torchvision("CIFAR10", "cifar-10-batches-py"),
         (3, 32, 32),
         ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
         (0.4914, 0.4822, 0.4465),
         (0.2470, 0.2435, 0.2616),
-        _torchvision("CIFAR10", "cifar-10-batches-py"),
     ),  # fmt: skip
-    "digits": DatasetInfo((1, 28, 28), DIGIT_CLASSES, (0.1559,), (0.2774,), _load_digits),
+    "digits": DatasetInfo(_load_digits, (1, 28, 28), DIGIT_CLASSES, (0.1559,), (0.2774,)),
+    # Files of the user's own, one folder per class (data/imagefolder.py): the facts come from them.
+    "imagefolder": DatasetInfo(_load_image_folder),
 }
 
+# The data sets whose files the user brings: they take [data] image_size, channels, ...
+OWN_FILES = ("imagefolder",)
 
-def load_dataset(name: str, root: str, download: bool, val_fraction: float, seed: int) -> Dataset:
-    """Load a registered dataset and split its training set into train/val by `seed`."""
+
+def load_dataset(
+    name: str, root: str, download: bool, val_fraction: float, seed: int, options: Options = Options()
+) -> Dataset:
+    """Load a registered dataset and split its training set into train/val by `seed` (unless the
+    data has its own val split). Raises UserError for data that cannot be used."""
     import torch
 
+    from runner.data import fingerprint
+
     info = DATASETS[name]
-    train, test = info.load(root, download)
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-    n_val = round(len(train) * val_fraction)
-    if n_val >= len(train):
-        raise UserError(f"data.val_fraction: {val_fraction} leaves no training samples")
-    val_idx, train_idx = order[:n_val], order[n_val:]
-    return Dataset(info, Split(train.x[train_idx], train.y[train_idx]), Split(train.x[val_idx], train.y[val_idx]), test)
+    loaded = info.load(root, download, seed, options)
+    train, val = loaded.train, loaded.val
+    if val is None:
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+        n_val = round(len(train) * val_fraction)
+        if n_val >= len(train):
+            raise UserError(f"data.val_fraction: {val_fraction} leaves no training samples")
+        val_idx, train_idx = order[:n_val], order[n_val:]
+        train, val = Split(train.x[train_idx], train.y[train_idx]), Split(train.x[val_idx], train.y[val_idx])
+    classes = info.classes or loaded.classes
+    mean, std = (info.mean, info.std) if info.mean else channel_stats(train.x)
+    info = replace(info, shape=tuple(train.x.shape[1:]), classes=classes, mean=mean, std=std)
+    print_ = loaded.fingerprint or fingerprint.of_tensors(
+        torch.cat([loaded.train.x, loaded.test.x]), torch.cat([loaded.train.y, loaded.test.y]), classes
+    )
+    return Dataset(info, train, val, loaded.test, print_, loaded.notes)
+
+
+def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of uint8 pixels x (N, C, H, W), on the 0..1 scale.
+
+    From exact integer sums (int64), so the same pixels give the same numbers to the last bit,
+    whatever the order or machine: a resumed run normalises as the interrupted one did.
+    """
+    import torch
+
+    c = x.shape[1]
+    count = x.numel() // c if c else 0
+    if not count:
+        return (0.0,) * c, (1.0,) * c
+    sums, squares = torch.zeros(c, dtype=torch.int64), torch.zeros(c, dtype=torch.int64)
+    for i in range(0, len(x), 4096):  # int64 copies of a slice at a time, not of the whole set
+        part = x[i : i + 4096].to(torch.int64).transpose(0, 1).reshape(c, -1)
+        sums += part.sum(1)
+        squares += (part * part).sum(1)
+    mean = [s / count / 255 for s in sums.tolist()]
+    var = [max(q / count / 255**2 - m * m, 0.0) for q, m in zip(squares.tolist(), mean, strict=True)]
+    # A channel of one value everywhere would divide by zero: 1 leaves it centred, unscaled.
+    return tuple(mean), tuple(v**0.5 if v > 0 else 1.0 for v in var)

@@ -161,12 +161,20 @@ class RunDir:
 
 
 def weights_metadata(
-    model: str, model_options: dict[str, Any], dataset: str, pre: Preprocessing, code: Sequence[str] = ()
+    model: str,
+    model_options: dict[str, Any],
+    dataset: str,
+    pre: Preprocessing,
+    *,
+    code: Sequence[str] = (),
+    data: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """What a program needs to use the weights without the spec (safetensors metadata is str->str):
-    the model and its options, the data set's name, and its preprocessing; for a user model
-    (`module:factory`), `code`: where its files were (a JSON list of paths)."""
+    the model and its options, the data set's name, its preprocessing, the fingerprint of the
+    data it was trained on (data.fingerprint; absent for checkpoints written before it), and
+    for a user model (`module:factory`), `code`: where its files were (a JSON list of paths)."""
     return {
+        **({"data_fingerprint": strict_json.dumps(data)} if data is not None else {}),
         "format": "runner/1",
         "runner_version": __version__,
         "model": model,

@@ -54,6 +54,7 @@ def summarize(
         "resumes": status.get("resumes", 0),
         "backend": status.get("backend"),
         "where": {k: status[k] for k in ("host", "pid", "job", "namespace", "pod") if status.get(k) is not None},
+        "data": status.get("data"),  # classes, input_shape, mean, std, fingerprint
         "heartbeat_age_s": round(now - status["updated"], 1) if "updated" in status else None,
     }
 

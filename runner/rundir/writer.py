@@ -151,9 +151,12 @@ class CheckpointWriter(CheckpointIndex):
         )
 
 
-def encode(state: dict[str, Any], spec_toml: str, preprocessing: dict[str, Any]) -> bytes:
+def encode(
+    state: dict[str, Any], spec_toml: str, preprocessing: dict[str, Any], data: dict[str, Any] | None = None
+) -> bytes:
     """A checkpoint payload: the training state, the resolved spec, what the model is fed
-    (data.preprocessing.Preprocessing.to_dict(): input shape, classes, mean, std) and what
+    (data.preprocessing.Preprocessing.to_dict(): input shape, classes, mean, std), the data's
+    fingerprint (data.fingerprint.Fingerprint.to_dict(): what a resume compares) and what
     wrote it. Plain containers and tensors only: it loads with torch.load(weights_only=True)."""
     import hashlib
     import platform
@@ -170,6 +173,7 @@ def encode(state: dict[str, Any], spec_toml: str, preprocessing: dict[str, Any])
             "spec": spec_toml,
             "spec_sha256": hashlib.sha256(spec_toml.encode()).hexdigest(),
             "preprocessing": preprocessing,  # since runner 0.1's regrouping; older payloads lack it
+            **({"data": data} if data is not None else {}),  # since image folders; older payloads lack it
             "versions": {"runner": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
         },
         buffer,

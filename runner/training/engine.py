@@ -158,6 +158,7 @@ class Trainer:
         self, cfg: TrainSpec, model: nn.Module, data: Dataset, placement: Placement, augment: Sequence[str] = ()
     ):
         self.cfg, self.placement, self.info = cfg, placement, data.info
+        self.fingerprint, self.notes = data.fingerprint, data.notes  # what the run records of its data
         self.augment = tuple(augment)  # [data] augment: applied to each training batch (data/augment.py)
         self.device = torch.device(placement.device)
         self.amp_dtype = AMP_DTYPES[placement.precision]

@@ -11,6 +11,7 @@ import tomllib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from runner.data.fingerprint import Fingerprint, changes
 from runner.errors import RunFailed, UserError
 from runner.rundir.layout import FINAL_WEIGHTS, RunDir, newest_finished_sibling
 from runner.spec import resume_conflicts
@@ -109,6 +110,7 @@ def claim_and_resume(writer: CheckpointWriter, trainer: Trainer, spec: JobSpec, 
                     f"{', '.join(conflicts)}; resume with the same values, choose another checkpoint.dir, "
                     "or start over with --fresh --overwrite"
                 )
+            check_data(found[0], trainer.fingerprint, found[1], spec, say)
             # Restored before the claim: a state this job cannot take fails before anything is
             # written, instead of after, where every retry would claim and fail again.
             _restore(trainer, found[0]["state"], found[1], spec)
@@ -118,6 +120,24 @@ def claim_and_resume(writer: CheckpointWriter, trainer: Trainer, spec: JobSpec, 
             continue  # another writer committed meanwhile: read its newest, then claim again
         return found[1] if found else None
     raise RunFailed(f"could not claim {writer.dir}: another writer keeps committing to it")
+
+
+def check_data(payload: dict, current: Fingerprint, entry: Entry, spec: JobSpec, say: Say) -> None:
+    """Refuse to resume on data other than the checkpoint's (UserError naming what changed),
+    unless data.accept_changes. Checkpoints from before runner recorded its data pass."""
+    saved = payload.get("data")
+    said = changes(Fingerprint.from_dict(saved), current) if saved else []
+    if not said:
+        return
+    what = "; ".join(said)
+    if spec.data.accept_changes:
+        say(f"data: changed since the checkpoint at step {entry.step} ({what}); resuming on it (data.accept_changes)")
+        return
+    raise UserError(
+        f"data.root: the data changed since the checkpoint at step {entry.step} was saved: {what}; put back the "
+        "data it trained on, resume on the new data with --set data.accept_changes=true, or start over with "
+        "--fresh --overwrite"
+    )
 
 
 def _restore(trainer: Trainer, state: dict, entry: Entry, spec: JobSpec) -> None:

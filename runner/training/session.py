@@ -51,7 +51,8 @@ def build_trainer(spec: JobSpec, rank: Rank = Rank()) -> Trainer:
     from runner.training.engine import Trainer
 
     placement = select(spec.device, spec.precision, spec.threads, rank.local_rank, rank.local_world_size)
-    data = load_dataset(spec.data.dataset, spec.data.root, spec.data.download, spec.data.val_fraction, spec.seed)
+    d = spec.data
+    data = load_dataset(d.dataset, d.root, d.download, d.val_fraction, spec.seed, d.options())
     torch.manual_seed(spec.seed)  # seeds the weights and dropout (CPU and every GPU)
     model = build_model(spec.model, spec.model_options, data.info.shape, data.info.num_classes, spec.code)
     return Trainer(spec, model, data, placement, augment=spec.data.augment)
@@ -192,6 +193,8 @@ class Session:
         storage.check_reachable(run_dir.url)
         check_promotable(spec)
         self.heartbeat = heartbeat.Heartbeat(run_dir, lambda: {"epoch": state.epoch, "step": state.step})
+        for note in trainer.notes:  # what loading the data did: downloads, skipped images
+            self.say(note)
         if fresh:
             resume.start_over(run_dir, overwrite)
         writer = run_dir.checkpoint_writer(spec.checkpoint.keep)
@@ -200,6 +203,7 @@ class Session:
         resumed = resume.claim_and_resume(writer, trainer, spec, self.say)
         run_dir.write_spec(to_toml(spec))
         info = {"name": spec.name, "epochs": spec.epochs, "steps_total": spec.epochs * trainer.batches}
+        info["data"] = {**trainer.info.preprocessing.to_dict(), "fingerprint": trainer.fingerprint.to_dict()}
         self.heartbeat.start({**info, "world_size": self.rank.world_size}, resumed=resumed is not None)
         return writer, resumed
 
@@ -224,7 +228,7 @@ class Session:
         from runner.training.tensorboard import open_board
 
         spec, run_dir, state = self.spec, self.run_dir, trainer.state
-        spec_toml, preprocessing = to_toml(spec), trainer.info.preprocessing
+        spec_toml, preprocessing, data = to_toml(spec), trainer.info.preprocessing, trainer.fingerprint.to_dict()
         self.say(
             f"{spec.name}: {spec.model} on {spec.data.dataset} "
             f"({len(trainer.train)} train / {len(trainer.val)} val / {len(trainer.test)} test) on "
@@ -239,7 +243,7 @@ class Session:
         def snapshot() -> tuple[bytes, dict[str, int]]:
             state.check_finite()  # never commit a diverged state over a finite one (DeepFilterNet #30)
             position = {"epoch": state.epoch, "batch": state.batch, "step": state.step}
-            return encode(state.state_dict(), spec_toml, preprocessing.to_dict()), position
+            return encode(state.state_dict(), spec_toml, preprocessing.to_dict(), data), position
 
         ckpt = spec.checkpoint
         every_seconds = save_every_seconds(ckpt.every_seconds, "every_seconds" in ckpt.model_fields_set, on_colab())
@@ -285,7 +289,9 @@ class Session:
             # Within the grace period of a stop signal, if one came: the checkpoint comes first.
             grace = preempted.at and preempted.at + spec.resources.grace_seconds - END_MARGIN_S
             board.close(self.stopping_by or grace)
-        metadata = weights_metadata(spec.model, spec.model_options, spec.data.dataset, preprocessing, spec.code)
+        metadata = weights_metadata(
+            spec.model, spec.model_options, spec.data.dataset, preprocessing, code=spec.code, data=data
+        )
         # The weights are the run's result: they never depend on the final checkpoint.
         self._write_final(writer, state.model.state_dict(), metadata)
         self.say(f"done: test_acc {test_acc:.2%} (test_loss {test_loss:.4f}); weights at {run_dir.path(FINAL_WEIGHTS)}")

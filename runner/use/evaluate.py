@@ -98,7 +98,8 @@ def evaluate_run(
 def held_out(spec: JobSpec, split: str, option: str) -> Split:
     """The run's own test or validation samples, as it drew them; UserError (naming `option`)
     for a validation split the run did not hold out."""
-    data = load_dataset(spec.data.dataset, spec.data.root, spec.data.download, spec.data.val_fraction, spec.seed)
+    d = spec.data
+    data = load_dataset(d.dataset, d.root, d.download, d.val_fraction, spec.seed, d.options())
     samples = data.test if split == "test" else data.val
     if not len(samples):
         raise UserError(

@@ -93,7 +93,9 @@ def load_trained(run_dir: RunDir, checkpoint: str | None = None, warn: Callable[
     spec = validate_spec(tomllib.loads(payload["spec"]), url)
     # A checkpoint has no metadata of its own: what the run's final weights would carry.
     pre = checkpoint_preprocessing(payload, spec)
-    metadata = weights_metadata(spec.model, spec.model_options, spec.data.dataset, pre, spec.code)
+    metadata = weights_metadata(
+        spec.model, spec.model_options, spec.data.dataset, pre, code=spec.code, data=payload.get("data")
+    )
     why = "" if checkpoint else ": the run has no final weights yet"
     return _build(payload["state"]["model"], metadata, f"checkpoint at step {entry.step} ({url}){why}")
 

@@ -1,0 +1,88 @@
+"""Training on image files of the user's own (dataset = "imagefolder"), end to end: real
+digits written as PNG and JPEG files of mixed sizes and modes (and two broken files), on
+local disk and in the GCS emulator; killed and resumed bitwise; a changed folder refused
+on resume (exit 2) unless accepted; remote files downloaded once, then only what is new."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+from runner import storage
+from runner.rundir import summary
+from runner.rundir.layout import RunDir
+from tests.e2e.test_resume import final_weights, killed_at_random_moments
+from tests.helpers import JOBS, runner_cli, same_tensors, upload
+from tests.image_folders import write_digit_folder
+
+# The resume tests' spec (jobs/digits.toml, 2 epochs, a checkpoint every 3 steps) on the files.
+FOLDER = ("--set=data.dataset=imagefolder", "--set=data.image_size=16", "--set=data.channels=1")
+SPEC = (
+    "--set=device=cpu",
+    "--set=threads=1",
+    "--set=epochs=2",
+    "--set=batch_size=32",
+    "--set=checkpoint.every_steps=3",
+)
+
+
+def run(*args: str, cwd: Path):
+    return runner_cli("run", str(JOBS / "digits.toml"), *SPEC, *FOLDER, *args, "--quiet", cwd=cwd)
+
+
+def test_a_local_image_folder_trains_resumes_bitwise_and_refuses_a_renamed_class(tmp_path: Path) -> None:
+    write_digit_folder(tmp_path / "images", per_class=20)
+    root = f"--set=data.root={tmp_path / 'images'}"
+    ref = run(root, "--set=checkpoint.dir=ref", cwd=tmp_path)
+    assert ref.returncode == 0, ref.stdout + ref.stderr
+    assert (
+        "data: skipped 2 unreadable image(s) of 202: five/not-an-image.jpg (not an image), three/truncated.png"
+        in ref.stdout
+    )
+    killed_at_random_moments(
+        str(tmp_path / "killed"), tmp_path, random.Random(7), kills_wanted=1, extra=(*FOLDER, root)
+    )
+    assert same_tensors(final_weights(str(tmp_path / "killed")), final_weights(str(tmp_path / "ref")))
+
+    status = summary.read(RunDir(str(tmp_path / "ref")))["data"]  # what `runner status --json` prints
+    assert status["input_shape"] == [1, 16, 16] and status["classes"][7] == "three"  # sorted folder names
+    assert status["fingerprint"]["samples"] == 202 and status["fingerprint"]["per_class"]["seven"][0] == 20
+
+    # A class folder renamed under the run: refused, naming the change, with nothing written.
+    (tmp_path / "images" / "seven").rename(tmp_path / "images" / "sevens")
+    checkpoints = sorted((tmp_path / "ref" / "checkpoints").iterdir())
+    refused = run(root, "--set=checkpoint.dir=ref", "--set=epochs=3", cwd=tmp_path)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "classes: renamed 'seven' -> 'sevens'" in refused.stderr and "data.accept_changes=true" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
+    assert sorted((tmp_path / "ref" / "checkpoints").iterdir()) == checkpoints
+    accepted = run(root, "--set=checkpoint.dir=ref", "--set=epochs=3", "--set=data.accept_changes=true", cwd=tmp_path)
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    assert "resuming on it (data.accept_changes)" in accepted.stdout and "resumed from step" in accepted.stdout
+    index = RunDir(str(tmp_path / "ref")).checkpoint_index()
+    index.refresh()
+    payload = index.newest_valid(print)[0]  # loaded with weights_only
+    assert payload["preprocessing"]["classes"][5] == "sevens" and payload["data"]["per_class"]["sevens"][0] == 20
+    metadata = RunDir(str(tmp_path / "ref")).read_final()[1]
+    assert json.loads(metadata["classes"])[5] == "sevens" and json.loads(metadata["data_fingerprint"])["samples"] == 202
+
+
+def test_a_bucket_image_folder_is_downloaded_once_then_only_new_files(bucket: str, tmp_path: Path) -> None:
+    write_digit_folder(tmp_path / "images", per_class=20)
+    root = upload(tmp_path / "images", f"{bucket}/images")
+    where = (f"--set=data.root={root}", f"--set=data.cache={tmp_path / 'cache'}", "--set=epochs=1")
+    first = run(*where, "--set=checkpoint.dir=first", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert re.search(r"data: 202 of 202 files downloaded \([\d.]+ kB\), none was cached in ", first.stdout)
+
+    added = tmp_path / "more"
+    write_digit_folder(added, per_class=22, corrupt=False)
+    for path in sorted(added.rglob("*")):
+        if path.is_file() and int(path.stem) >= 20:  # the two more of each class: 20 new files
+            storage.write_bytes(f"{root}/{path.relative_to(added).as_posix()}", path.read_bytes())
+    again = run(*where, "--set=checkpoint.dir=first", "--set=epochs=2", cwd=tmp_path)
+    assert again.returncode == 2, again.stdout + again.stderr  # the run's data changed under it
+    assert "data: 20 of 222 files downloaded" in again.stdout and "the rest cached" in again.stdout
+    assert "class 'one': 20 -> 22 samples" in again.stderr
