@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from runner.errors import UserError
 
 if TYPE_CHECKING:
-    from runner.spec import ImageSpec, JobSpec
+    from runner.spec_tables import ImageSpec, JobSpec
 
 # What docker/Dockerfile copies into the image; keep the two in step.
 CONTEXT = ("pyproject.toml", "README.md", "docker/Dockerfile", "runner")

@@ -27,7 +27,7 @@ from runner.backends.k8s_names import (
 )
 from runner.backends.torchrun import RDZV_PORT
 from runner.errors import Exit, UserError
-from runner.spec import JobSpec, ScheduleSpec
+from runner.spec_tables import JobSpec, ScheduleSpec
 
 CONTAINER = "runner"
 SPEC_DIR = "/etc/runner"

@@ -31,7 +31,7 @@ from runner.data.preprocessing import normalisation, normalise
 from runner.device import Placement, check_compile
 from runner.errors import Diverged
 from runner.models.nets import batch_share
-from runner.spec import TrainSpec
+from runner.spec_tables import TrainSpec
 from runner.training.distributed import Solo
 from runner.training.events import Listener
 

@@ -42,7 +42,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from runner import storage, strict_json
-from runner.spec import TrainSpec
+from runner.spec_tables import TrainSpec
 from runner.timebox import call_by, in_background, remaining
 from runner.training.events import Listener
 

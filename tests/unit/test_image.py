@@ -19,7 +19,8 @@ from runner.backends.image import (
     in_image,
     stage,
 )
-from runner.spec import ImageSpec, load_spec, to_toml
+from runner.spec import load_spec, to_toml
+from runner.spec_tables import ImageSpec
 from tests.helpers import JOBS, REPO, runner_cli
 
 DOCKERFILE = (REPO / "docker" / "Dockerfile").read_text()
