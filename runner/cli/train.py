@@ -148,8 +148,11 @@ def validate(
         from runner.data.datasets import DATASETS
         from runner.models.registry import build_model
 
-        info = DATASETS[resolved.data.dataset]
-        build_model(resolved.model, resolved.model_options, info.shape, info.num_classes, resolved.code)
+        info, options = DATASETS[resolved.data.dataset], resolved.data.options()
+        # Your own files' shape is the spec's; their classes are counted when the data loads,
+        # so here the factory is tried with 2 (run start builds it again with the real count).
+        shape = (options.channels, *options.image_size) if options.image_size else info.shape
+        build_model(resolved.model, resolved.model_options, shape, info.num_classes or 2, resolved.code)
     typer.echo(
         to_toml(resolved)
         if show

@@ -118,3 +118,19 @@ def test_bad_user_code_at_run_start_writes_nothing(project: Path) -> None:
     result = run_from_elsewhere("run", project, "model=mynets:broken", f"checkpoint.dir={run_dir}")
     assert "mynets:broken(input_shape=(1, 28, 28), num_classes=10, **model_options) raised" in one_line(result)
     assert not run_dir.exists()
+
+
+def test_validate_builds_a_user_model_for_an_image_folder_at_the_specs_image_size(project: Path) -> None:
+    # The folder's classes are counted only when its files load; the shape is the spec's.
+    (project / "images").mkdir()
+    (project / "job.toml").write_text(
+        'name = "own"\nmodel = "mynets:small"\ncode = ["mynets.py"]\n'
+        '[data]\ndataset = "imagefolder"\nroot = "images"\nimage_size = [20, 24]\nchannels = 1\n'
+    )
+    assert runner_cli("validate", "job.toml", cwd=project).returncode == 0
+    (project / "mynets.py").write_text(
+        NETS + "\n\ndef fixed(input_shape, num_classes):\n    return small((1, 28, 28), num_classes)\n"
+    )
+    result = runner_cli("validate", "job.toml", "--set=model=mynets:fixed", cwd=project)
+    assert (result.returncode, result.stderr.count("\n")) == (2, 1), result.stderr
+    assert "cannot take inputs of shape (2, 1, 20, 24)" in result.stderr
