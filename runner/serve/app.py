@@ -126,7 +126,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     from Content-Length before reading any, or while reading a chunked one."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise BadInput(413, f"body of {int(declared):,} bytes, more than the {limit:,} allowed")
+        raise BadInput(413, f"body of {int(declared):,} bytes, more than the {limit:,} bytes allowed")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
