@@ -227,7 +227,7 @@ def test_reload_under_a_steady_stream_loses_no_request_and_switches_models(
                 await asyncio.gather(swap(), *(client_loop() for _ in range(8)))
             return seen
 
-        seen = asyncio.run(stream(1.0))
+        seen = asyncio.run(stream(0.5))
         assert {status for status, _ in seen} == {200}, seen
         steps = [step for _, step in seen]
         assert steps[0] == 41 and steps[-1] == 82 and 41 in steps and 82 in steps
@@ -251,10 +251,23 @@ def test_reload_under_a_steady_stream_loses_no_request_and_switches_models(
         server.stop()
 
 
-def test_sigterm_drains_a_request_in_flight(trained_runs: dict[str, Path], files: list[Path], tmp_path: Path) -> None:
-    server = Server(trained_runs["finished"], "--watch", "0", cwd=tmp_path)
+def test_a_full_queue_answers_503_with_retry_after_then_sigterm_drains_a_request_in_flight(
+    trained_runs: dict[str, Path], files: list[Path], tmp_path: Path
+) -> None:
+    server = Server(trained_runs["finished"], "--watch", "0", "--max-batch", "1", "--max-queue", "1", cwd=tmp_path)
     server.wait_ready()
     body = files[0].read_bytes()
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            return await asyncio.gather(
+                *(client.post("/v1/predict", content=body, headers={"Content-Type": "image/png"}) for _ in range(64))
+            )
+
+    answers = asyncio.run(burst())
+    refused = [r for r in answers if r.status_code == 503]
+    assert refused and {r.status_code for r in answers} == {200, 503}
+    assert all(r.headers["retry-after"] == "1" and "overloaded" in r.json()["error"] for r in refused)
 
     def slowly() -> Iterator[bytes]:  # the body arrives over a second: the request is in flight
         for i in range(0, len(body), len(body) // 4 + 1):
