@@ -59,8 +59,12 @@ def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> Image
         return ImageOps.exif_transpose(image)
     except Image.DecompressionBombError as e:
         raise TooLarge(f"{name}: cannot use it: {e}") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        # UnidentifiedImageError is an OSError; a truncated or malformed file raises any of these.
+    except (UserError, MemoryError):
+        raise
+    except Exception as e:
+        # UnidentifiedImageError is an OSError; a truncated or malformed file raises OSError,
+        # ValueError, SyntaxError, and from some of Pillow's decoders EOFError, struct.error,
+        # IndexError...: whatever it is, the file is unusable, not runner broken.
         reason = "not an image (PNG, JPEG, ...)" if isinstance(e, Image.UnidentifiedImageError) else str(e)
         raise UserError(f"{name}: cannot use it: {reason}") from None
 
