@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from tests.e2e.serving import Server
-from tests.helpers import runner_cli
+from tests.helpers import runner_cli, upload
 
 
 def digit_files(folder: Path, n: int) -> list[Path]:
@@ -295,3 +295,32 @@ def test_a_full_queue_answers_503_with_retry_after_then_sigterm_drains_a_request
     assert "Shutting down" in "\n".join(server.log)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/healthz")
+
+
+def test_serves_a_run_in_a_bucket_and_reloads_when_its_weights_change(
+    trained_runs: dict[str, Path], files: list[Path], tmp_path: Path, bucket: str
+) -> None:
+    from runner import storage
+
+    url = upload(trained_runs["finished"], f"{bucket}/runs/digits")
+    server = Server(url, "--watch", "0.2", cwd=tmp_path)
+    try:
+        server.wait_ready()
+        body = files[1].read_bytes()
+        answer = post(server, body, "image/jpeg", "?top=10").json()
+        local = runner_cli(
+            "predict", str(trained_runs["finished"]), str(files[1]), "--top", "10", "--json", cwd=tmp_path
+        )
+        assert answer["run"] == url and answer["weights"] == f"final weights ({url}/final/model.safetensors)"
+        assert answer["predictions"][0]["top"] == json.loads(local.stdout)["predictions"][0]["top"]
+        assert httpx.get(f"{server.url}/v1/model").json()["trained_at"]
+        # A retrained run in the same place: metrics, then the weights (same size, new content).
+        for name in ("metrics.jsonl", "final/model.safetensors"):
+            storage.write_bytes(f"{url}/{name}", (trained_runs["resumed"] / name).read_bytes())
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{server.url}/v1/model").json()["step"] != 82:
+            assert time.monotonic() < deadline, "\n".join(server.log)
+            time.sleep(0.1)
+        assert post(server, body, "image/jpeg").status_code == 200
+    finally:
+        server.stop()
