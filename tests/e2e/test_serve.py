@@ -247,6 +247,15 @@ def test_reload_under_a_steady_stream_loses_no_request_and_switches_models(
             assert time.monotonic() < deadline, "\n".join(server.log)
             time.sleep(0.05)
         assert post(server, body, "image/png").status_code == 200
+        # Weights that do not load: said in the log and in /v1/model; the old model goes on.
+        (run / "final" / "broken").write_bytes(b"not safetensors")
+        (run / "final" / "broken").replace(run / "final" / "model.safetensors")
+        while not (model := httpx.get(f"{server.url}/v1/model").json())["last_reload_error"]:
+            assert time.monotonic() < deadline + 30, "\n".join(server.log)
+            time.sleep(0.05)
+        answer = post(server, body, "image/png")
+        assert answer.status_code == 200 and answer.json()["step"] == 82 and model["reloads"] == 2
+        assert any("reload of" in line and "still serving the previous model" in line for line in server.log)
     finally:
         server.stop()
 
