@@ -99,18 +99,19 @@ def create_app(
         invert: Literal["auto", "yes", "no"] = Query("auto", description="As runner predict --invert."),
     ) -> dict[str, Any]:
         served = served_or_503()  # this request's model to the end, whatever a reload swaps in
-        body = await read_body(request, limits.max_body_bytes)
-        content_type = request.headers.get("content-type")
-        if inputs.media_type(content_type) == "multipart/form-data":
-            items = inputs.files_to_items(await form_files(request, body, limits), limits)
-        else:
-            items = inputs.items_of(content_type or "", body, limits)
         trained = served.loaded.trained
-        if inputs.cheap(items):  # a digit drawn on the page: decoded here, faster than a thread hop
-            pixels, inverted = inputs.to_input(trained, items, invert, limits)
-        else:  # large images: on a worker thread, a few at a time, the event loop free meanwhile
-            async with decoding:
-                pixels, inverted = await run_in_threadpool(inputs.to_input, trained, items, invert, limits)
+        with served.batcher.coming():  # a batch about to run waits for this one (up to --wait-ms)
+            body = await read_body(request, limits.max_body_bytes)
+            content_type = request.headers.get("content-type")
+            if inputs.media_type(content_type) == "multipart/form-data":
+                items = inputs.files_to_items(await form_files(request, body, limits), limits)
+            else:
+                items = inputs.items_of(content_type or "", body, limits)
+            if inputs.cheap(items):  # a digit drawn on the page: decoded here, faster than a thread hop
+                pixels, inverted = inputs.to_input(trained, items, invert, limits)
+            else:  # large images: on a worker thread, a few at a time, the event loop free meanwhile
+                async with decoding:
+                    pixels, inverted = await run_in_threadpool(inputs.to_input, trained, items, invert, limits)
         tops = top_classes(trained.classes, await served.batcher.submit(pixels), top)
         predictions = [Prediction(i.name, inv, t) for i, inv, t in zip(items, inverted, tops, strict=True)]
         info = served.loaded.info

@@ -2,10 +2,12 @@
 batch, a bounded queue.
 
 Each request hands in its images (N, C, H, W) and awaits their class probabilities. One
-worker task per model collects what is waiting (up to `max_batch` images, waiting at most
-`wait_s` for more once the first arrived), runs one forward pass on a thread of its own,
-off the event loop, and answers each request with its rows. While a pass runs, the next
-batch gathers, so under load batches fill without any wait. A request is never split;
+worker task per model collects what is waiting (up to `max_batch` images), runs one forward
+pass on a thread of its own, off the event loop, and answers each request with its rows.
+While a pass runs, the next batch gathers, so under load batches fill without any wait.
+Before a pass the worker waits up to `wait_s` for more, but only for requests already on
+their way (their body being read or decoded, announced with `coming`): a lone client never
+pays the window. A request is never split;
 one larger than `max_batch` runs alone. Past `max_queue` waiting images, `submit`
 refuses at once (`Overloaded`: the app answers 503 with Retry-After) instead of growing.
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -54,11 +56,24 @@ class Batcher:
         self.wait_s = wait_s
         self.max_queue = max_queue
         self.waiting = 0  # images queued, not yet in a pass
+        self.arriving = 0  # requests on their way: admitted, not yet submitted
         self.batches = 0  # passes run, and images through them: for /v1/model's stats
         self.images = 0
         self._queue: deque[_Request] = deque()
         self._full = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
+
+    @contextlib.contextmanager
+    def coming(self) -> Iterator[None]:
+        """Around what a request does before `submit` (reading, decoding): while any request is
+        inside, a batch waits for it (up to `wait_s`). Leave it right before submitting."""
+        self.arriving += 1
+        try:
+            yield
+        finally:
+            self.arriving -= 1
+            if not self.arriving:
+                self._full.set()  # nobody else on the way: the batch need not wait
 
     async def submit(self, pixels: torch.Tensor) -> torch.Tensor:
         """The probabilities (N, classes) of `pixels` (N, C, H, W); Overloaded if the queue is full."""
@@ -77,7 +92,7 @@ class Batcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while self._queue:
-            if self.wait_s and self.waiting < self.max_batch:
+            if self.wait_s and self.waiting < self.max_batch and self.arriving:
                 self._full.clear()
                 with contextlib.suppress(TimeoutError):  # the window: wait for more, unless the batch fills first
                     await asyncio.wait_for(self._full.wait(), self.wait_s)

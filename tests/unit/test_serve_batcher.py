@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -50,6 +51,39 @@ def test_concurrent_requests_share_passes_up_to_the_maximum_and_each_gets_its_ro
     answers = run(go())
     assert [a.flatten().tolist() for a in answers] == [[i, 100 + i] for i in range(5)]
     assert infer.sizes == [4, 4, 2]  # two requests of 2 per pass; never split
+
+
+def test_the_window_waits_only_for_requests_on_their_way() -> None:
+    infer = Recorder()
+
+    async def client(batcher: Batcher, value: float, decode_s: float, fail: bool = False) -> torch.Tensor | None:
+        """As the app does: read and decode inside `coming`, then submit."""
+        try:
+            with batcher.coming():
+                await asyncio.sleep(decode_s)
+                if fail:
+                    raise ValueError("not an image")
+                pixels = images(value)
+        except ValueError:
+            return None
+        return await batcher.submit(pixels)
+
+    async def go() -> list[float]:
+        batcher = Batcher(infer, ThreadPoolExecutor(1), max_batch=8, wait_s=1.0)
+        times = [time.monotonic()]
+        assert (await client(batcher, 1, 0)).flatten().tolist() == [1]  # type: ignore[union-attr]
+        times.append(time.monotonic())  # alone: no window
+        a, b = await asyncio.gather(client(batcher, 2, 0), client(batcher, 3, 0.1))
+        assert [a.flatten().tolist(), b.flatten().tolist()] == [[2], [3]]  # type: ignore[union-attr]
+        times.append(time.monotonic())  # one pass, as soon as the second one arrived
+        c, d = await asyncio.gather(client(batcher, 4, 0), client(batcher, 5, 0.1, fail=True))
+        assert c.flatten().tolist() == [4] and d is None  # type: ignore[union-attr]
+        times.append(time.monotonic())  # not waited for past its failure
+        return [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+
+    alone, together, failed = run(go())
+    assert alone < 0.5 and 0.1 <= together < 0.5 and 0.1 <= failed < 0.5
+    assert infer.sizes == [1, 2, 1]
 
 
 def test_batching_off_runs_each_request_alone_and_a_large_request_runs_whole() -> None:
