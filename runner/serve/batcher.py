@@ -5,9 +5,10 @@ Each request hands in its images (N, C, H, W) and awaits their class probabiliti
 worker task per model collects what is waiting (up to `max_batch` images), runs one forward
 pass on a thread of its own, off the event loop, and answers each request with its rows.
 While a pass runs, the next batch gathers, so under load batches fill without any wait.
-Before a pass the worker waits up to `wait_s` for more, but only for requests already on
-their way (their body being read or decoded, announced with `coming`): a lone client never
-pays the window. A request is never split;
+Before a pass the worker waits up to `wait_s` for more, but only while that can pay: while
+requests are on their way (their body being read or decoded, announced with `coming`), or
+when the last pass was shared by several requests (concurrent clients: more will come). A
+lone client, one request after another, never pays the window. A request is never split;
 one larger than `max_batch` runs alone. Past `max_queue` waiting images, `submit`
 refuses at once (`Overloaded`: the app answers 503 with Retry-After) instead of growing.
 
@@ -60,7 +61,8 @@ class Batcher:
         self.batches = 0  # passes run, and images through them: for /v1/model's stats
         self.images = 0
         self._queue: deque[_Request] = deque()
-        self._full = asyncio.Event()
+        self._shared = False  # whether the last pass held more than one request
+        self._news = asyncio.Event()  # a submit, or a request no longer on its way
         self._worker: asyncio.Task[None] | None = None
 
     @contextlib.contextmanager
@@ -72,8 +74,7 @@ class Batcher:
             yield
         finally:
             self.arriving -= 1
-            if not self.arriving:
-                self._full.set()  # nobody else on the way: the batch need not wait
+            self._news.set()
 
     async def submit(self, pixels: torch.Tensor) -> torch.Tensor:
         """The probabilities (N, classes) of `pixels` (N, C, H, W); Overloaded if the queue is full."""
@@ -83,8 +84,7 @@ class Batcher:
         request = _Request(pixels, asyncio.get_running_loop().create_future())
         self._queue.append(request)
         self.waiting += n
-        if self.waiting >= self.max_batch:
-            self._full.set()
+        self._news.set()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._run())
         return await request.future
@@ -92,11 +92,9 @@ class Batcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while self._queue:
-            if self.wait_s and self.waiting < self.max_batch and self.arriving:
-                self._full.clear()
-                with contextlib.suppress(TimeoutError):  # the window: wait for more, unless the batch fills first
-                    await asyncio.wait_for(self._full.wait(), self.wait_s)
+            await self._window(loop.time() + self.wait_s)
             batch = self._take()
+            self._shared = len(batch) > 1
             try:
                 result = await loop.run_in_executor(self.executor, self.infer, torch.cat([r.pixels for r in batch]))
             except Exception as e:  # answer every request of the pass; the worker goes on
@@ -112,6 +110,15 @@ class Batcher:
                 start += len(r.pixels)
                 if not r.future.done():  # its client may have gone
                     r.future.set_result(rows)
+
+    async def _window(self, deadline: float) -> None:
+        """Wait for more requests until `deadline` (loop time), the batch is full, or none is
+        to be expected (nothing on its way, and the last pass was not shared)."""
+        loop = asyncio.get_running_loop()
+        while self.waiting < self.max_batch and (self.arriving or self._shared) and loop.time() < deadline:
+            self._news.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._news.wait(), deadline - loop.time())
 
     def _take(self) -> list[_Request]:
         """The next batch: the oldest request, then the following ones while they fit."""

@@ -73,17 +73,22 @@ def test_the_window_waits_only_for_requests_on_their_way() -> None:
         times = [time.monotonic()]
         assert (await client(batcher, 1, 0)).flatten().tolist() == [1]  # type: ignore[union-attr]
         times.append(time.monotonic())  # alone: no window
+        c, d = await asyncio.gather(client(batcher, 4, 0), client(batcher, 5, 0.1, fail=True))
+        assert c.flatten().tolist() == [4] and d is None  # type: ignore[union-attr]
+        times.append(time.monotonic())  # waited for the one on its way, not past its failure
         a, b = await asyncio.gather(client(batcher, 2, 0), client(batcher, 3, 0.1))
         assert [a.flatten().tolist(), b.flatten().tolist()] == [[2], [3]]  # type: ignore[union-attr]
         times.append(time.monotonic())  # one pass, as soon as the second one arrived
-        c, d = await asyncio.gather(client(batcher, 4, 0), client(batcher, 5, 0.1, fail=True))
-        assert c.flatten().tolist() == [4] and d is None  # type: ignore[union-attr]
-        times.append(time.monotonic())  # not waited for past its failure
+        await client(batcher, 6, 0)
+        times.append(time.monotonic())  # after a shared pass more are likely: the whole window
+        await client(batcher, 7, 0)
+        times.append(time.monotonic())  # after a pass of one, alone again: no window
         return [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
 
-    alone, together, failed = run(go())
-    assert alone < 0.5 and 0.1 <= together < 0.5 and 0.1 <= failed < 0.5
-    assert infer.sizes == [1, 2, 1]
+    alone, failed, together, after_shared, alone_again = run(go())
+    assert alone < 0.5 and 0.1 <= failed < 0.5 and 0.1 <= together < 0.5
+    assert 0.9 <= after_shared < 1.5 and alone_again < 0.5
+    assert infer.sizes == [1, 1, 2, 1, 1]
 
 
 def test_batching_off_runs_each_request_alone_and_a_large_request_runs_whole() -> None:
