@@ -27,7 +27,7 @@ from runner.backends.k8s_names import (
 )
 from runner.backends.torchrun import RDZV_PORT
 from runner.errors import Exit, UserError
-from runner.spec_tables import JobSpec, ScheduleSpec
+from runner.spec_tables import JobSpec, ResourcesSpec, ScheduleSpec
 
 CONTAINER = "runner"
 SPEC_DIR = "/etc/runner"
@@ -46,12 +46,55 @@ FAIL_AT_ONCE = [int(Exit.BAD_INPUT), int(Exit.DIVERGED)]  # exit codes a retry c
 RETRY_FREE = [int(Exit.PEER_LOST), int(Exit.PREEMPTED)]
 
 
-def _labels(spec: JobSpec) -> dict[str, str]:
+def labels(spec: JobSpec) -> dict[str, str]:
     return {"app.kubernetes.io/name": "runner", "app.kubernetes.io/instance": spec.name}
 
 
+def container_security() -> dict[str, Any]:
+    """Every runner container's: no privilege, nothing written outside its volumes."""
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+
+
+def pod_security() -> dict[str, Any]:
+    """Every runner pod's: the image's non-root user."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": UID,
+        "runAsGroup": UID,
+        "fsGroup": UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def add_credentials(res: ResourcesSpec, pod: dict[str, Any], container: dict[str, Any]) -> None:
+    """The bucket's credentials, by reference only: the pod's service account (Workload
+    Identity), or a Secret holding a service-account key, mounted read-only."""
+    if res.service_account:
+        pod["serviceAccountName"] = res.service_account
+    if res.gcs_secret:
+        container["env"].append({"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": "/var/secrets/google/key.json"})
+        container["volumeMounts"].append({"name": "gcs-key", "mountPath": "/var/secrets/google", "readOnly": True})
+        pod["volumes"].append({"name": "gcs-key", "secret": {"secretName": res.gcs_secret}})
+
+
+def add_placement(res: ResourcesSpec, pod: dict[str, Any]) -> None:
+    """Node selector and tolerations: the GPU kind, GPU nodes' taint, spot nodes."""
+    selector, tolerations = {}, []
+    if res.accelerator:
+        selector[GKE_ACCELERATOR] = res.accelerator
+    if res.gpus:
+        tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
+    if res.spot:
+        selector[GKE_SPOT] = "true"
+        tolerations.append({"key": GKE_SPOT, "operator": "Equal", "value": "true", "effect": "NoSchedule"})
+    if selector:
+        pod["nodeSelector"] = selector
+    if tolerations:
+        pod["tolerations"] = tolerations
+
+
 def _metadata(name: str, spec: JobSpec) -> dict[str, Any]:
-    return {"name": name, "labels": _labels(spec)}
+    return {"name": name, "labels": labels(spec)}
 
 
 def _workload_metadata(name: str, spec: JobSpec) -> dict[str, Any]:
@@ -125,9 +168,6 @@ def _container(spec: JobSpec, image: str, pods: Pods) -> dict[str, Any]:
     ]
     if _needs_shm(spec):
         mounts.append({"name": "shm", "mountPath": "/dev/shm"})
-    if res.gcs_secret:
-        env.append({"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": "/var/secrets/google/key.json"})
-        mounts.append({"name": "gcs-key", "mountPath": "/var/secrets/google", "readOnly": True})
     return {
         "name": CONTAINER,
         "image": image,
@@ -136,11 +176,7 @@ def _container(spec: JobSpec, image: str, pods: Pods) -> dict[str, Any]:
         "env": env,
         "resources": {"requests": {"cpu": res.cpu, "memory": res.memory}, "limits": limits},
         "volumeMounts": mounts,
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": container_security(),
     }
 
 
@@ -156,13 +192,7 @@ def _pod_template(spec: JobSpec, image: str, pods: Pods) -> dict[str, Any]:
     pod: dict[str, Any] = {
         "restartPolicy": "Never",  # the Job retries, in a new pod, under its podFailurePolicy
         "terminationGracePeriodSeconds": res.grace_seconds,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": UID,
-            "runAsGroup": UID,
-            "fsGroup": UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security(),
         "containers": [_container(spec, image, pods)],
         "volumes": [
             {"name": "spec", "configMap": {"name": config_map_name(spec)}},
@@ -176,23 +206,9 @@ def _pod_template(spec: JobSpec, image: str, pods: Pods) -> dict[str, Any]:
         # RAM-backed, and counted against the container's memory limit whatever its size
         # (kubernetes.io/docs/concepts/storage/volumes/#emptydir): the limit is the bound.
         pod["volumes"].append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": res.memory}})
-    if res.service_account:
-        pod["serviceAccountName"] = res.service_account
-    if res.gcs_secret:
-        pod["volumes"].append({"name": "gcs-key", "secret": {"secretName": res.gcs_secret}})
-    selector, tolerations = {}, []
-    if res.accelerator:
-        selector[GKE_ACCELERATOR] = res.accelerator
-    if res.gpus:
-        tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
-    if res.spot:
-        selector[GKE_SPOT] = "true"
-        tolerations.append({"key": GKE_SPOT, "operator": "Equal", "value": "true", "effect": "NoSchedule"})
-    if selector:
-        pod["nodeSelector"] = selector
-    if tolerations:
-        pod["tolerations"] = tolerations
-    return {"metadata": {"labels": _labels(spec)}, "spec": pod}
+    add_credentials(res, pod, pod["containers"][0])
+    add_placement(res, pod)
+    return {"metadata": {"labels": labels(spec)}, "spec": pod}
 
 
 def _on_exit(action: str, operator: str, values: list[int]) -> dict[str, Any]:
@@ -283,7 +299,7 @@ def service(spec: JobSpec) -> Manifest:
             # Names before readiness: the nodes rendezvous while starting, and runner's pods
             # have no readiness probe (jobset #504, kubernetes #117819).
             "publishNotReadyAddresses": True,
-            "selector": _labels(spec),
+            "selector": labels(spec),
             "ports": [{"name": "rendezvous", "port": RDZV_PORT, "protocol": "TCP"}],
         },
     }
@@ -329,7 +345,7 @@ def job_set(spec: JobSpec, image: str) -> Manifest:
                 {
                     "name": REPLICATED_JOB,
                     "replicas": 1,
-                    "template": {"metadata": {"labels": _labels(spec)}, "spec": nodes},
+                    "template": {"metadata": {"labels": labels(spec)}, "spec": nodes},
                 }
             ],
         },

@@ -11,7 +11,7 @@ import importlib
 from runner.cli.app import app
 
 # Importing a module registers its commands; `runner --help` lists them in this order.
-COMMAND_MODULES = ("runner.cli.train", "runner.cli.operate", "runner.cli.use")
+COMMAND_MODULES = ("runner.cli.train", "runner.cli.operate", "runner.cli.use", "runner.cli.serving")
 for _module in COMMAND_MODULES:
     importlib.import_module(_module)
 

@@ -205,15 +205,28 @@ def render(
     jobset: Annotated[
         bool, typer.Option("--jobset", help="Render a JobSet (restarts all nodes together) instead of a Job.")
     ] = False,
+    serve: Annotated[
+        bool,
+        typer.Option("--serve", help="Render what serves the job's trained model instead: a Deployment and a Service."),
+    ] = False,
+    replicas: Annotated[int, typer.Option("--replicas", min=1, help="With --serve: how many servers.")] = 2,
 ) -> None:
-    """Print the Kubernetes objects `submit --backend k8s` would create, as YAML."""
+    """Print the Kubernetes objects `submit --backend k8s` would create, as YAML; with --serve, those
+    that serve the job's model (runner serve on its checkpoint.dir)."""
     from runner.backends import image as images
     from runner.backends import manifests
     from runner.spec import load_spec, to_toml
 
     resolved = load_spec(spec, [*set_, *([f"schedule.cron={schedule}"] if schedule else [])])
     ref = image or images.reference(resolved.image, resolved.code)
-    objects = manifests.render(resolved, to_toml(images.in_image(resolved)), ref, jobset)
+    if serve:
+        from runner.backends import serving
+
+        if schedule or jobset:
+            raise UserError("--serve renders a Deployment and a Service; drop --schedule and --jobset")
+        objects = serving.render_serving(resolved, ref, serving.ServeOptions(replicas))
+    else:
+        objects = manifests.render(resolved, to_toml(images.in_image(resolved)), ref, jobset)
     typer.echo(manifests.to_yaml(objects), nl=False)
 
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from runner.use import images as images_
 from runner.use.trained import Trained
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -31,14 +34,29 @@ class Prediction:
         }
 
 
-@torch.no_grad()
+def prepare(trained: Trained, image: Image.Image, invert: str = "auto") -> tuple[torch.Tensor, bool]:
+    """An image as `trained`'s input: uint8 pixels (C, H, W), and whether it was inverted.
+    The one path from an image to the model, for `runner predict` and `runner serve` alike."""
+    return images_.to_pixels(image, trained.input_shape, invert, trained.preprocessing.light_on_dark)
+
+
+def top_classes(classes: Sequence[str], probabilities: torch.Tensor, top: int) -> list[list[tuple[str, float]]]:
+    """Each row of `probabilities` (N, classes) as its `top` most likely (class, probability)."""
+    values, indices = probabilities.topk(min(top, len(classes)), dim=1)
+    return [
+        [(classes[i], p) for i, p in zip(idx.tolist(), vals.tolist(), strict=True)]
+        for vals, idx in zip(values, indices, strict=True)
+    ]
+
+
+def probabilities(trained: Trained, pixels: torch.Tensor) -> torch.Tensor:
+    """Class probabilities (N, classes) of pixels (N, C, H, W) on the 0..255 scale."""
+    with torch.inference_mode():
+        return torch.softmax(trained.model(pixels), dim=1)
+
+
 def predict(trained: Trained, images: Sequence[str], top: int = 3, invert: str = "auto") -> list[Prediction]:
     """The `top` most likely classes of each image file, with their probabilities."""
-    dark = trained.preprocessing.light_on_dark
-    prepared = [images_.to_pixels(images_.read_image(url), trained.input_shape, invert, dark) for url in images]
-    probabilities = torch.softmax(trained.model(torch.stack([pixels for pixels, _ in prepared])), dim=1)
-    values, indices = probabilities.topk(min(top, len(trained.classes)), dim=1)
-    return [
-        Prediction(url, inverted, [(trained.classes[i], p) for i, p in zip(idx.tolist(), vals.tolist(), strict=True)])
-        for url, (_, inverted), vals, idx in zip(images, prepared, values, indices, strict=True)
-    ]
+    prepared = [prepare(trained, images_.read_image(url), invert) for url in images]
+    tops = top_classes(trained.classes, probabilities(trained, torch.stack([p for p, _ in prepared])), top)
+    return [Prediction(url, inverted, best) for url, (_, inverted), best in zip(images, prepared, tops, strict=True)]

@@ -13,7 +13,11 @@ from tests.helpers import REPO
 
 PACKAGE = REPO / "runner"
 TRAINING_LOOP = "runner.training.engine"
-USE_SIDE = ("runner.use.", "runner.cli.views")  # load, evaluate, predict, export, plot; show results
+USE_SIDE = (
+    "runner.use.",
+    "runner.serve.",
+    "runner.cli.views",
+)  # load, evaluate, predict, export, plot, serve; show results
 MAX_LINES = 400
 
 
@@ -81,7 +85,13 @@ def test_no_import_cycles() -> None:
 def test_the_use_side_never_reaches_the_training_loop() -> None:
     graph = import_graph()
     use_side = [name for name in graph if name.startswith(USE_SIDE)]
-    assert {"runner.use.trained", "runner.use.evaluate", "runner.use.export", "runner.use.plot"} <= set(use_side)
+    assert {
+        "runner.use.trained",
+        "runner.use.evaluate",
+        "runner.use.export",
+        "runner.use.plot",
+        "runner.serve.app",
+    } <= set(use_side)
     reaching = {name: sorted(m for m in reachable(graph, name) if m.startswith("runner.training")) for name in use_side}
     assert not any(reaching.values()), reaching
 

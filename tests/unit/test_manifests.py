@@ -162,6 +162,7 @@ K8S = {
                         *K8S_H100X8, "--image", "runner"],
     "2-nodes/job.yaml": ["--set", BUCKET.replace("runs/cnn", "runs/cnn-2x8gpu"), "--set", "name=cnn-2x8gpu",
                          "--set", "resources.nodes=2", *K8S_H100X8, "--image", "runner"],
+    "serve/serve.yaml": ["--set", BUCKET, "--serve", "--image", "runner"],  # runner serve on job.yaml's run
 }  # fmt: skip
 
 
