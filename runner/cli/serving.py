@@ -7,11 +7,13 @@ from typing import Annotated
 import typer
 
 from runner.cli.app import command
+from runner.cli.options import ModelRunArg
+from runner.cli.output import note
 
 
 @command()
 def serve(
-    run: Annotated[str, typer.Argument(metavar="RUN", help="The run whose model to serve: a path or URL.")],
+    run: ModelRunArg,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="Port to listen on.")] = 8080,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
@@ -39,6 +41,6 @@ def serve(
 
     batching = Batching(max_batch, wait_ms / 1000 if max_batch > 1 else 0.0, max_queue)
     options = Options(host, port, device, threads, batching, watch_s=watch, grace_s=grace)
-    code = serve(run, options)
+    code = serve(run, options, note)
     if code:
         raise typer.Exit(code)

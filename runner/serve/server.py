@@ -38,15 +38,15 @@ class Options:
     max_connections: int = 256  # more at once get 503 from uvicorn: bounds the bodies held in memory
 
 
-def serve(ref: str, options: Options) -> int:
+def serve(ref: str, options: Options, note: Callable[[str], None]) -> int:
     """Serve the model `ref` names until a signal stops the server; the exit code when it
-    stops by itself (a first load that failed)."""
+    stops by itself (a first load that failed). `note` hears which run a `PREFIX/promoted` is."""
     import uvicorn
 
     from runner import device as devices
     from runner.serve import source
 
-    source.resolve(ref)  # a RUN that is not there: exit 2 now, before listening
+    source.resolve(ref, note)  # a RUN that is not there: exit 2 now, before listening
     placement = devices.select(options.device, "fp32", options.threads)
     executor = ThreadPoolExecutor(1, thread_name_prefix="runner-infer")  # one pass at a time per device
     models = Models(ref, placement.device, options.batching, executor)

@@ -1,26 +1,34 @@
 """Where the served model comes from: a reference resolved to a run directory, its
 weights loaded, and a fingerprint that says when they changed.
 
-`resolve` is the one call that turns what the user named (a run directory, a URL) into
-the run to serve; when promotion records exist, resolving "the promoted model" of a
-prefix goes there and nothing else changes: `load` and `fingerprint` both go through it,
-so the reload watcher follows a new promotion as it follows new final weights.
+`resolve` is the one call that turns what the user named (a run directory, a URL, or a
+job's `PREFIX/promoted`: its promoted model) into the run to serve, through the use
+side's `open_model_run` as `predict` and `export` do. `load` and `fingerprint` both go
+through it, so the reload watcher follows a new promotion as it follows new final weights.
 """
 
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from runner import storage
-from runner.rundir.layout import FINAL_WEIGHTS, RunDir, open_run
+from runner.rundir.layout import FINAL_WEIGHTS, RunDir
+from runner.use.source import open_model_run
 from runner.use.trained import Trained, load_trained
 
 
-def resolve(ref: str) -> RunDir:
-    """The run directory `ref` names, or a one-line UserError (exit 2, or a failed reload)."""
-    return open_run(ref)
+def _quiet(message: str) -> None:
+    pass
+
+
+def resolve(ref: str, note: Callable[[str], None] = _quiet) -> RunDir:
+    """The run directory `ref` names (for `PREFIX/promoted`, the promoted run: `note` hears
+    which), or a one-line UserError (exit 2, or a failed reload). The watcher calls it every
+    few seconds, quietly."""
+    return open_model_run(ref, note)
 
 
 def fingerprint(run_dir: RunDir) -> str:

@@ -333,3 +333,24 @@ def test_serves_a_run_in_a_bucket_and_reloads_when_its_weights_change(
         assert post(server, body, "image/jpeg").status_code == 200
     finally:
         server.stop()
+
+
+def test_serves_the_promoted_model_and_follows_a_new_promotion(trained_runs: dict[str, Path], tmp_path: Path) -> None:
+    job = tmp_path / "job"  # a job's prefix: two runs, and promotion records in job/promoted/
+    for name, source in (("a", "finished"), ("b", "resumed")):
+        shutil.copytree(trained_runs[source], job / name)
+    assert runner_cli("promote", str(job / "a"), "--force", cwd=tmp_path).returncode == 0
+    server = Server(job / "promoted", "--watch", "0.2", cwd=tmp_path)
+    try:
+        server.wait_ready()
+        model = httpx.get(f"{server.url}/v1/model").json()
+        assert (model["run"], model["step"]) == (str(job / "a"), 41), model
+        assert any(f"the promoted model is {job / 'a'}" in line for line in server.log), server.log
+        assert runner_cli("promote", str(job / "b"), "--force", cwd=tmp_path).returncode == 0
+        deadline = time.monotonic() + 30
+        while (model := httpx.get(f"{server.url}/v1/model").json())["step"] != 82:
+            assert time.monotonic() < deadline, "\n".join(server.log)
+            time.sleep(0.05)
+        assert model["run"] == str(job / "b")
+    finally:
+        server.stop()
