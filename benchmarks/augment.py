@@ -10,7 +10,7 @@ Two measurements, side by side in this one run; nothing here is a test.
    them, against one training step of the model on that batch (forward, backward,
    Adam) — the median of `--repeats` timings after warm-up, synchronised on a GPU.
 2. Whole runs: `runner run jobs/digits.toml` (scikit-learn's digits: offline) for
-   `--epochs` with no augmentation and with crop + translate, each in a process of its
+   `--epochs` with no augmentation, with translate, and with crop + translate, each in a process of its
    own: samples/s of the last epoch and the test accuracy each recorded.
 """
 
@@ -127,7 +127,7 @@ def main() -> None:
     print("| augment | wall s | samples/s (last epoch) | test acc |")
     print("| --- | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory() as tmp:
-        for augment in ([], ["crop", "translate"]):
+        for augment in ([], ["translate"], ["crop", "translate"]):
             r = whole_run(augment, args.epochs, args.threads, Path(tmp))
             print(f"| {r['augment']} | {r['wall_s']:.1f} | {r['samples_per_s']:,.0f} | {r['test_acc']:.2%} |")
 
