@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from runner import storage
 from runner.data import cache, fingerprint
 from runner.data.splits import Loaded, Options, Split
+from runner.device import cpu_budget
 from runner.errors import UserError
 
 if TYPE_CHECKING:
@@ -147,7 +148,9 @@ def load(root: str, seed: int, options: Options) -> Loaded:
     assert options.image_size is not None  # the spec requires it for this data set
     shape = (options.channels, *options.image_size)
     check_memory(len(files), shape, memory_available())
-    with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) + 2)) as pool:
+    # PIL decodes with the GIL released; a few threads beyond the cores this process may use
+    # (a container's CPU quota, not the node's cores) overlap the file reads.
+    with ThreadPoolExecutor(max_workers=min(16, cpu_budget() + 2)) as pool:
         decoded = list(pool.map(lambda f: decode(f.path, shape), files))  # in order: deterministic
     bad = [(f, why) for f, (pixels, _, why) in zip(files, decoded, strict=True) if pixels is None]
     if bad:
