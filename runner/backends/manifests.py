@@ -46,8 +46,17 @@ FAIL_AT_ONCE = [int(Exit.BAD_INPUT), int(Exit.DIVERGED)]  # exit codes a retry c
 RETRY_FREE = [int(Exit.PEER_LOST), int(Exit.PREEMPTED)]
 
 
+COMPONENT = "app.kubernetes.io/component"
+
+
 def labels(spec: JobSpec) -> dict[str, str]:
     return {"app.kubernetes.io/name": "runner", "app.kubernetes.io/instance": spec.name}
+
+
+def training_labels(spec: JobSpec) -> dict[str, str]:
+    """A training pod's: the component keeps the rendezvous Service from selecting the
+    serving pods of the same spec (backends/serving.py), and those from selecting these."""
+    return {**labels(spec), COMPONENT: "train"}
 
 
 def container_security() -> dict[str, Any]:
@@ -208,7 +217,7 @@ def _pod_template(spec: JobSpec, image: str, pods: Pods) -> dict[str, Any]:
         pod["volumes"].append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": res.memory}})
     add_credentials(res, pod, pod["containers"][0])
     add_placement(res, pod)
-    return {"metadata": {"labels": labels(spec)}, "spec": pod}
+    return {"metadata": {"labels": training_labels(spec)}, "spec": pod}
 
 
 def _on_exit(action: str, operator: str, values: list[int]) -> dict[str, Any]:
@@ -299,7 +308,7 @@ def service(spec: JobSpec) -> Manifest:
             # Names before readiness: the nodes rendezvous while starting, and runner's pods
             # have no readiness probe (jobset #504, kubernetes #117819).
             "publishNotReadyAddresses": True,
-            "selector": labels(spec),
+            "selector": training_labels(spec),
             "ports": [{"name": "rendezvous", "port": RDZV_PORT, "protocol": "TCP"}],
         },
     }

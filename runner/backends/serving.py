@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 from runner.backends.k8s_names import DNS_1035_LABEL, SERVICE_NAME_MAX, DerivedName, check_name
 from runner.backends.manifests import (
+    COMPONENT,
     CONTAINER,
     Manifest,
     add_credentials,
@@ -28,7 +29,6 @@ from runner.backends.manifests import (
 from runner.spec import JobSpec
 
 PORT = 8080
-COMPONENT = "app.kubernetes.io/component"
 PRE_STOP_S = 5  # endpoints are removed asynchronously: keep answering while they are
 
 

@@ -111,3 +111,14 @@ def test_render_serve_through_the_cli() -> None:
     result = runner_cli("render", "jobs/cnn.toml", "--set", BUCKET, "--serve", "--image", IMAGE, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert list(yaml.safe_load_all(result.stdout)) == served([BUCKET])
+
+
+def test_the_rendezvous_service_of_a_multi_node_job_does_not_select_the_servers() -> None:
+    from tests.unit.test_manifests import TWO_NODES
+
+    objects = rendered([BUCKET, *TWO_NODES])
+    rendezvous = next(o for o in objects if o["kind"] == "Service")["spec"]["selector"]
+    training_pod = objects[-1]["spec"]["template"]["metadata"]["labels"]
+    serving_pod = served([BUCKET])[0]["spec"]["template"]["metadata"]["labels"]
+    assert set(rendezvous.items()) <= set(training_pod.items())
+    assert not set(rendezvous.items()) <= set(serving_pod.items())
