@@ -65,6 +65,12 @@ def find_files(root: str, rels: Sequence[tuple[str, int]]) -> list[File]:
             f"data.root: no images in class folders under {root}; lay them out as {root}/<class>/<image> "
             f"(or {root}/train/<class>/... and {root}/test/<class>/...)"
         )
+    classes = sorted({f.cls for f in found})
+    if len(classes) < 2:  # it would train, to a model that answers the one class it knows
+        raise UserError(
+            f"data.root: one class folder ({classes[0]!r}) under {root}; a classifier needs two or more: "
+            f"put each class's images in a folder of its own, {root}/<class>/<image>"
+        )
     return sorted(found, key=lambda f: (f.split, f.cls, f.name))
 
 

@@ -61,10 +61,12 @@ def test_a_split_layout_is_used_as_given(tmp_path: Path) -> None:
 def test_layouts_found_and_refused() -> None:
     single = find_files("r", [("a/1.png", 3), ("b/x/2.JPG", 4), ("notes.txt", 1), ("a/.DS_Store.png", 1)])
     assert [(f.split, f.cls, f.name) for f in single] == [("", "a", "1.png"), ("", "b", "x/2.JPG")]
-    split = find_files("r", [("train/a/1.png", 3), ("test/a/2.png", 3), ("README.png", 1)])
-    assert [(f.split, f.cls) for f in split] == [("test", "a"), ("train", "a")]
+    split = find_files("r", [("train/a/1.png", 3), ("test/a/2.png", 3), ("train/b/3.png", 3), ("README.png", 1)])
+    assert [(f.split, f.cls) for f in split] == [("test", "a"), ("train", "a"), ("train", "b")]
     with pytest.raises(UserError, match="no images in class folders under r; lay them out as r/<class>/<image>"):
         find_files("r", [("1.png", 3), ("a/readme.md", 2)])
+    with pytest.raises(UserError, match="one class folder \\('a'\\) under r; a classifier needs two or more"):
+        find_files("r", [("a/1.png", 3), ("a/2.png", 3), ("b/notes.txt", 1)])
 
 
 def test_the_memory_check_names_the_size_and_what_to_change() -> None:
