@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import logging
 import os
 import re
 import uuid
@@ -29,6 +30,15 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from runner.errors import RunFailed, UserError
+
+# Storage libraries that log their retries with full tracebacks: gcsfs logs each exhausted
+# retry with logger.exception (216 lines on stderr for one store outage). runner says what
+# failed in one line of its own. A NullHandler keeps their records from Python's last-resort
+# stderr handler wherever runner touches a store (a run also routes them to its log.txt:
+# training/library_logs.py); a user's own logging configuration still gets them.
+LIBRARY_LOGGERS = ("gcsfs", "fsspec")
+for _name in LIBRARY_LOGGERS:
+    logging.getLogger(_name).addHandler(logging.NullHandler())
 
 # gcsfs sends anything over 50 MB as a resumable upload in 50 MB chunks, a round trip
 # each. A checkpoint is in memory already, so up to this size it goes in one request

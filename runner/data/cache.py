@@ -50,6 +50,7 @@ class Synced:
 def sync(root: str, cache: str) -> Synced:
     """Make the cache's copy of `root` current; what it holds, and what it took. Raises UserError
     if `root` holds nothing, RunFailed if a file arrived other than listed."""
+    storage.check_reachable(root, "data.root")  # no bucket, no permission, no network: one line, before the cache
     folder = os.path.join(cache or default_dir(), hashlib.sha256(root.rstrip("/").encode()).hexdigest()[:16])
     os.makedirs(folder, exist_ok=True)
     # One process at a time per root: the processes of a torchrun job on one machine share the
@@ -60,7 +61,12 @@ def sync(root: str, cache: str) -> Synced:
 
 
 def _sync(root: str, folder: str) -> Synced:
-    files = storage.list_files(root)
+    try:
+        files = storage.list_files(root)
+    except OSError as e:
+        if isinstance(e, storage.Denied):
+            raise
+        raise RunFailed(f"data.root: could not list {root}: {e}") from None
     if not files:
         raise UserError(f"data.root: no files under {root}; put one folder per class of images there")
     index_path = os.path.join(folder, INDEX)

@@ -7,9 +7,7 @@ import logging
 import traceback
 from collections.abc import Callable, Iterator
 
-# Libraries that log their retries with full tracebacks (gcsfs logs each exhausted retry
-# with logger.exception: 216 lines on stderr for one store outage).
-LIBRARY_LOGGERS = ("gcsfs", "fsspec")
+from runner.storage import LIBRARY_LOGGERS
 
 
 @contextlib.contextmanager

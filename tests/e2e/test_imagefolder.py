@@ -86,3 +86,15 @@ def test_a_bucket_image_folder_is_downloaded_once_then_only_new_files(bucket: st
     assert again.returncode == 2, again.stdout + again.stderr  # the run's data changed under it
     assert "data: 20 of 222 files downloaded" in again.stdout and "the rest cached" in again.stdout
     assert "class 'one': 20 -> 22 samples" in again.stderr
+
+
+def test_a_data_root_in_a_bucket_that_does_not_exist_is_one_line_and_writes_nothing(
+    bucket: str, tmp_path: Path
+) -> None:
+    missing = bucket.replace("gs://", "gs://no-") + "/images"
+    result = run(
+        f"--set=data.root={missing}", f"--set=data.cache={tmp_path / 'cache'}", "--set=checkpoint.dir=r", cwd=tmp_path
+    )
+    assert (result.returncode, result.stderr.count("\n")) == (2, 1), result.stderr
+    assert f"data.root: bucket '{missing[5:].split('/')[0]}' of '{missing}' does not exist" in result.stderr
+    assert not (tmp_path / "r").exists() and not (tmp_path / "cache").exists()
