@@ -78,6 +78,13 @@ def of_tensors(x: torch.Tensor, y: torch.Tensor, classes: tuple[str, ...]) -> Fi
     return _combine(per_class, len(y), x.numel() * x.element_size())
 
 
+def same_classes(old: Fingerprint, new: Fingerprint) -> bool:
+    """Whether both name the same classes. Each output of a network is one class by its place
+    among the sorted names, so a class renamed, added or removed changes what the outputs mean,
+    even where their number stays."""
+    return sorted(old.per_class) == sorted(new.per_class)
+
+
 def changes(old: Fingerprint, new: Fingerprint) -> list[str]:
     """What differs from `old` to `new`, in words ([] if nothing): renamed, added and removed
     classes, and classes whose files changed (with their counts)."""

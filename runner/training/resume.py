@@ -11,7 +11,7 @@ import tomllib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from runner.data.fingerprint import Fingerprint, changes
+from runner.data.fingerprint import Fingerprint, changes, same_classes
 from runner.errors import RunFailed, UserError
 from runner.rundir.layout import FINAL_WEIGHTS, RunDir, newest_finished_sibling
 from runner.spec import resume_conflicts
@@ -130,6 +130,13 @@ def check_data(payload: dict, current: Fingerprint, entry: Entry, spec: JobSpec,
     if not said:
         return
     what = "; ".join(said)
+    if not same_classes(Fingerprint.from_dict(saved), current):  # not even with accept_changes
+        raise UserError(
+            f"data.root: the classes changed since the checkpoint at step {entry.step} was saved: {what}; each output "
+            "of the network is one class by its place among the sorted class names, so a run cannot go on with "
+            "other classes (data.accept_changes covers images added, removed or changed within the same classes): "
+            "put the class folders back, or start over with --fresh --overwrite"
+        )
     if spec.data.accept_changes:
         say(f"data: changed since the checkpoint at step {entry.step} ({what}); resuming on it (data.accept_changes)")
         return

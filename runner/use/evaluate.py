@@ -7,6 +7,7 @@ the one in metrics.jsonl.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from runner.data.datasets import Split, load_dataset
+from runner.data.fingerprint import Fingerprint, changes, same_classes
 from runner.device import select
 from runner.errors import UserError
 from runner.rundir.layout import SPEC, RunDir
@@ -91,15 +93,35 @@ def evaluate_run(
     """The run's weights on its test or validation split: the same samples the run used."""
     spec = run_spec(run_dir, overrides)  # bad overrides fail before the weights load
     trained = load_trained(run_dir, checkpoint, warn)
-    samples = held_out(spec, split, "--split")
+    samples = held_out(spec, split, "--split", trained, warn)
     return evaluate(trained, samples.x, samples.y, split, device_for(spec))
 
 
-def held_out(spec: JobSpec, split: str, option: str) -> Split:
+def held_out(
+    spec: JobSpec,
+    split: str,
+    option: str,
+    trained: Trained | None = None,
+    warn: Callable[[str], None] = lambda message: None,
+) -> Split:
     """The run's own test or validation samples, as it drew them; UserError (naming `option`)
-    for a validation split the run did not hold out."""
+    for a validation split the run did not hold out. Data that changed since `trained` was
+    trained on it: `warn` hears what changed; other classes are a UserError (its outputs
+    would be read as the wrong classes)."""
     d = spec.data
     data = load_dataset(d.dataset, d.root, d.download, d.val_fraction, spec.seed, d.options())
+    recorded = trained and trained.metadata.get("data_fingerprint")
+    if recorded:
+        old = Fingerprint.from_dict(json.loads(recorded))
+        if said := "; ".join(changes(old, data.fingerprint)):
+            if not same_classes(old, data.fingerprint):
+                raise UserError(
+                    f"data.root: the classes under {d.root} are not the ones the model was trained on ({said}); "
+                    "its outputs would be read as the wrong classes: put the class folders back"
+                )
+            warn(
+                f"data.root: the data changed since the model was trained on it ({said}); figures are on it as it is now"
+            )
     samples = data.test if split == "test" else data.val
     if not len(samples):
         raise UserError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import shutil
 from pathlib import Path
 
 from runner import storage
@@ -50,23 +51,43 @@ def test_a_local_image_folder_trains_resumes_bitwise_and_refuses_a_renamed_class
     assert status["input_shape"] == [1, 16, 16] and status["classes"][7] == "three"  # sorted folder names
     assert status["fingerprint"]["samples"] == 202 and status["fingerprint"]["per_class"]["seven"][0] == 20
 
-    # A class folder renamed under the run: refused, naming the change, with nothing written.
-    (tmp_path / "images" / "seven").rename(tmp_path / "images" / "sevens")
-    checkpoints = sorted((tmp_path / "ref" / "checkpoints").iterdir())
+    # A class folder renamed under the run: refused, naming the change, with nothing written, even
+    # with data.accept_changes (the outputs are classes by their place among the sorted names);
+    # eval refuses it too.
+    images, ref_dir = tmp_path / "images", tmp_path / "ref"
+    (images / "seven").rename(images / "aseven")
+    checkpoints = sorted((ref_dir / "checkpoints").iterdir())
+    for accept in ([], ["--set=data.accept_changes=true"]):
+        refused = run(root, "--set=checkpoint.dir=ref", "--set=epochs=3", *accept, cwd=tmp_path)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "classes changed" in refused.stderr and "renamed 'seven' -> 'aseven'" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
+        assert sorted((ref_dir / "checkpoints").iterdir()) == checkpoints
+    evaluated = runner_cli("eval", str(ref_dir), cwd=tmp_path)
+    assert evaluated.returncode == 2 and "not the ones the model was trained on" in evaluated.stderr, evaluated.stderr
+
+    # Images added to a class: refused without data.accept_changes, resumed with it.
+    (images / "aseven").rename(images / "seven")
+    for n in range(2):
+        shutil.copyfile(images / "one" / "0000.png", images / "one" / f"extra-{n}.png")
     refused = run(root, "--set=checkpoint.dir=ref", "--set=epochs=3", cwd=tmp_path)
     assert refused.returncode == 2, refused.stdout + refused.stderr
-    assert "classes: renamed 'seven' -> 'sevens'" in refused.stderr and "data.accept_changes=true" in refused.stderr
-    assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
-    assert sorted((tmp_path / "ref" / "checkpoints").iterdir()) == checkpoints
+    assert "class 'one': 20 -> 22 samples" in refused.stderr and "data.accept_changes=true" in refused.stderr
     accepted = run(root, "--set=checkpoint.dir=ref", "--set=epochs=3", "--set=data.accept_changes=true", cwd=tmp_path)
     assert accepted.returncode == 0, accepted.stdout + accepted.stderr
     assert "resuming on it (data.accept_changes)" in accepted.stdout and "resumed from step" in accepted.stdout
-    index = RunDir(str(tmp_path / "ref")).checkpoint_index()
+    index = RunDir(str(ref_dir)).checkpoint_index()
     index.refresh()
     payload = index.newest_valid(print)[0]  # loaded with weights_only
-    assert payload["preprocessing"]["classes"][5] == "sevens" and payload["data"]["per_class"]["sevens"][0] == 20
-    metadata = RunDir(str(tmp_path / "ref")).read_final()[1]
-    assert json.loads(metadata["classes"])[5] == "sevens" and json.loads(metadata["data_fingerprint"])["samples"] == 202
+    assert payload["preprocessing"]["classes"][0] == "eight" and payload["data"]["per_class"]["one"][0] == 22
+    metadata = RunDir(str(ref_dir)).read_final()[1]
+    assert json.loads(metadata["data_fingerprint"])["samples"] == 204
+
+    # eval on data that changed since: figures on the data as it is, and a warning saying so.
+    (images / "one" / "extra-0.png").unlink()
+    evaluated = runner_cli("eval", str(ref_dir), cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "the data changed since the model was trained on it (class 'one': 22 -> 21 samples)" in evaluated.stderr
 
 
 def test_a_bucket_image_folder_is_downloaded_once_then_only_new_files(bucket: str, tmp_path: Path) -> None:
