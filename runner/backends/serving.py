@@ -26,6 +26,9 @@ from runner.backends.manifests import (
     labels,
     pod_security,
 )
+from runner.errors import UserError
+from runner.rundir.layout import prefix_of
+from runner.rundir.promotions import PROMOTED
 from runner.spec import JobSpec
 
 PORT = 8080
@@ -57,6 +60,31 @@ def _probe(path: str, period_s: int, failures: int) -> dict[str, Any]:
     return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period_s, "failureThreshold": failures}
 
 
+def served_model(spec: JobSpec) -> str:
+    """What the Deployment serves: the job's promoted model when the job promotes (its
+    `PREFIX/promoted`, which the server follows as new runs are promoted), else its run
+    directory. A scheduled job's runs each have a directory of their own under
+    `checkpoint.dir`, so only its promoted model has a fixed name: UserError if it does not
+    promote."""
+    where = spec.checkpoint.dir.rstrip("/")
+    if spec.schedule.cron:
+        if not spec.promote.enabled:
+            raise UserError(
+                "render --serve: a scheduled job's runs each get a directory of their own, so what to serve is "
+                "its promoted model: set promote.enabled = true (the gate promotes a run only if it is better)"
+            )
+        return f"{where}/{PROMOTED}"
+    if spec.promote.enabled:
+        prefix = prefix_of(where)
+        if prefix is None:
+            raise UserError(
+                f"render --serve: checkpoint.dir {where} is at a bucket's root, so the job has no prefix to "
+                "promote in; put the run in a folder (gs://BUCKET/jobs/NAME/RUN)"
+            )
+        return f"{prefix}/{PROMOTED}"
+    return where
+
+
 def deployment(spec: JobSpec, image: str, options: ServeOptions) -> Manifest:
     res = spec.resources
     drain_s = max(1, options.grace_s - PRE_STOP_S - 1)
@@ -66,7 +94,7 @@ def deployment(spec: JobSpec, image: str, options: ServeOptions) -> Manifest:
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": image,
-        "args": ["serve", spec.checkpoint.dir, "--host", "0.0.0.0", "--port", str(PORT), "--grace", str(drain_s)],
+        "args": ["serve", served_model(spec), "--host", "0.0.0.0", "--port", str(PORT), "--grace", str(drain_s)],
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONUNBUFFERED", "value": "1"}],
         "resources": {"requests": {"cpu": res.cpu, "memory": res.memory}, "limits": limits},

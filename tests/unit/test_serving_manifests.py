@@ -122,3 +122,17 @@ def test_the_rendezvous_service_of_a_multi_node_job_does_not_select_the_servers(
     serving_pod = served([BUCKET])[0]["spec"]["template"]["metadata"]["labels"]
     assert set(rendezvous.items()) <= set(training_pod.items())
     assert not set(rendezvous.items()) <= set(serving_pod.items())
+
+
+def test_a_job_that_promotes_serves_its_promoted_model_and_a_scheduled_one_must() -> None:
+    nightly = "schedule.cron=0 3 * * *"
+
+    def args(*overrides: str) -> list[str]:
+        return served([BUCKET, *overrides])[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    run_dir = BUCKET.partition("=")[2]  # checkpoint.dir: gs://my-bucket/runs/cnn
+    assert args()[:2] == ["serve", run_dir]
+    assert args("promote.enabled=true")[:2] == ["serve", "gs://my-bucket/runs/promoted"]  # its prefix's
+    assert args(nightly, "promote.enabled=true")[:2] == ["serve", f"{run_dir}/promoted"]  # the runs are below
+    with pytest.raises(UserError, match="a scheduled job's runs each get a directory of their own"):
+        served([BUCKET, nightly])
