@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -71,10 +72,12 @@ def _torchvision(cls_name: str, expected: str) -> Loader:
         # "Downloading ..." and "Failed to download (trying next)" lines): kept off the
         # terminal, and dropped, so that a failed one ends in the one line below.
         log = io.StringIO()
+        existed = _existing_dirs(root)
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 parts = [cls(root, train=train, download=download) for train in (True, False)]
         except (RuntimeError, OSError) as e:  # not found, corrupt, or offline download
+            _remove_empty_dirs_since(root, existed)  # a failed download leaves nothing behind
             how = "or check your network" if download else "or set data.download = true"
             reason = " ".join(str(e).split())  # torchvision's download errors span lines
             raise UserError(
@@ -89,6 +92,21 @@ def _torchvision(cls_name: str, expected: str) -> Loader:
         return Loaded(splits[0], splits[1])
 
     return load
+
+
+def _existing_dirs(root: str) -> set[str]:
+    return {path for path, _, _ in os.walk(root)} if os.path.isdir(root) else set()
+
+
+def _remove_empty_dirs_since(root: str, existed: set[str]) -> None:
+    """Remove the directories under (and including) `root` made since `existed` was taken, if
+    empty: torchvision makes data/MNIST/raw before its download fails."""
+    if not os.path.isdir(root):
+        return
+    for path, _, _ in sorted(os.walk(root), key=lambda entry: -len(entry[0])):  # deepest first
+        if path not in existed:
+            with contextlib.suppress(OSError):  # not empty: something was written, keep it
+                os.rmdir(path)
 
 
 def _load_digits(root: str, download: bool, seed: int, options: Options) -> Loaded:

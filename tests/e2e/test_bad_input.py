@@ -168,6 +168,7 @@ def test_a_download_without_network_fails_in_one_line(dataset: str, cls: str, wh
     _assert_clean_exit_2(result, f"data: {cls} not found under empty/{where} (", tmp_path)
     assert "Connection refused" in result.stderr and "check your network" in result.stderr
     assert "Downloading" not in result.stdout + result.stderr and result.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.toml"]  # no empty data folders left behind
 
 
 def test_torchvision_model_that_cannot_take_the_input(tmp_path: Path) -> None:
