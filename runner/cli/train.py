@@ -152,7 +152,10 @@ def validate(
         # Your own files' shape is the spec's; their classes are counted when the data loads,
         # so here the factory is tried with 2 (run start builds it again with the real count).
         shape = (options.channels, *options.image_size) if options.image_size else info.shape
-        build_model(resolved.model, resolved.model_options, shape, info.num_classes or 2, resolved.code)
+        try:
+            build_model(resolved.model, resolved.model_options, shape, info.num_classes or 2, resolved.code)
+        except UserError as e:
+            raise UserError(f"{spec}: {e}") from None  # the file, as for every other spec error
     typer.echo(
         to_toml(resolved)
         if show

@@ -97,7 +97,9 @@ def build_user_model(
     try:
         model = factory(in_shape, num_classes, **options)
     except Exception as e:
-        raise UserError(f"model: {call} raised {_why(e, roots, factory)}") from None
+        # Options the factory does not take: the key to fix is model_options, not model.
+        hint = "; check [model_options] against its parameters" if isinstance(e, TypeError) and options else ""
+        raise UserError(f"model: {call} raised {_why(e, roots, factory)}{hint}") from None
     if not isinstance(model, nn.Module):
         raise UserError(
             f"model: {ref} returned {type(model).__module__}.{type(model).__qualname__}, not a torch.nn.Module"

@@ -134,3 +134,10 @@ def test_validate_builds_a_user_model_for_an_image_folder_at_the_specs_image_siz
     result = runner_cli("validate", "job.toml", "--set=model=mynets:fixed", cwd=project)
     assert (result.returncode, result.stderr.count("\n")) == (2, 1), result.stderr
     assert "cannot take inputs of shape (2, 1, 20, 24)" in result.stderr
+
+
+def test_an_option_the_factory_does_not_take_names_the_spec_and_model_options(project: Path) -> None:
+    result = run_from_elsewhere("validate", project, "model_options.hiden=8")
+    line = one_line(result)
+    assert line.startswith("error: ../project/job.toml: model: mynets:small(") and "unexpected keyword argument" in line
+    assert line.endswith("; check [model_options] against its parameters\n")
