@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from runner.errors import UserError
-from runner.spec import load_spec, parse_override, resume_conflicts, to_toml
+from runner.spec import load_spec, parse_override, resume_conflicts, to_toml, validate_spec
 from tests.helpers import JOBS
 
 EXAMPLES = sorted(JOBS.glob("*.toml"))
@@ -109,3 +110,19 @@ def test_compile_is_off_by_default_and_may_change_on_resume() -> None:
 def test_compile_takes_a_boolean() -> None:
     with pytest.raises(UserError, match=r"^--set compile=maybe: compile: Input should be a valid boolean"):
         load_spec(str(JOBS / "cnn.toml"), ["compile=maybe"])
+
+
+def test_the_readmes_spec_listing_is_a_valid_spec_naming_every_key() -> None:
+    # The README's "The job spec" is where a user looks a key up: it must load, and miss none.
+    from runner.spec import _flatten
+    from tests.helpers import REPO
+
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("```toml", readme.index("## The job spec")) + len("```toml")
+    listed = tomllib.loads(readme[start : readme.index("```", start)])
+    spec = validate_spec(listed, "README.md")
+    # Commented alternatives name the image-folder keys (they are refused for mnist).
+    image_folder_only = {"data.image_size", "data.channels", "data.strict", "data.test_fraction", "data.cache"}
+    missing = set(_flatten(spec.model_dump(mode="json"))) - set(_flatten(listed)) - image_folder_only
+    assert not missing, f"keys the README's spec listing does not show: {sorted(missing)}"
+    assert all(key in readme[start : readme.index("```", start)] for key in ("image_size", "channels", "strict"))
