@@ -31,11 +31,10 @@ from fsspec.implementations.local import LocalFileSystem
 
 from runner.errors import RunFailed, UserError
 
-# Storage libraries that log their retries with full tracebacks: gcsfs logs each exhausted
-# retry with logger.exception (216 lines on stderr for one store outage). runner says what
-# failed in one line of its own. A NullHandler keeps their records from Python's last-resort
-# stderr handler wherever runner touches a store (a run also routes them to its log.txt:
-# training/library_logs.py); a user's own logging configuration still gets them.
+# gcsfs logs each exhausted retry with a full traceback (216 lines for one store outage);
+# runner says what failed in one line. A NullHandler keeps them from Python's last-resort
+# stderr handler (a run routes them to log.txt: training/library_logs.py; a user's own
+# logging configuration still gets them).
 LIBRARY_LOGGERS = ("gcsfs", "fsspec")
 for _name in LIBRARY_LOGGERS:
     logging.getLogger(_name).addHandler(logging.NullHandler())

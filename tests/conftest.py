@@ -17,7 +17,7 @@ from typing import IO
 
 import pytest
 
-from tests.helpers import JOBS, REPO, IamProxy, write_mnist
+from tests.helpers import JOBS, REPO, IamProxy, commit_records, write_mnist
 
 pytest_plugins = ["tests.k8s_emulator"]  # the k8s_emulator fixture
 
@@ -123,7 +123,7 @@ def _finish(proc: subprocess.Popen) -> str:
 
 
 def _committed_checkpoint(run_dir: Path) -> bool:
-    records = sorted((run_dir / "checkpoints" / "commits").glob("*.json"))
+    records = commit_records(run_dir)
     return bool(records) and bool(json.loads(records[-1].read_text())["checkpoints"])
 
 

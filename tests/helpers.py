@@ -294,3 +294,12 @@ def kill_tree(pid: int) -> None:
     for victim in [pid, *descendants(pid)]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(victim, signal.SIGKILL)
+
+
+def commit_records(run_dir: Path) -> list[Path]:
+    """The run's commit records, oldest first: not a local write's `.tmp-*.json`, which is
+    there, empty or part-written, while a record is being written (runner's readers skip it
+    the same way, rundir.checkpoints.record_seq)."""
+    from runner.rundir.checkpoints import record_seq
+
+    return sorted(p for p in (run_dir / "checkpoints" / "commits").glob("*.json") if record_seq(p.name) is not None)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from runner.rundir.layout import RunDir
-from tests.helpers import JOBS, runner_cli
+from tests.helpers import JOBS, commit_records, runner_cli
 
 # The small CNN's checkpoint is 1.81 MB, its final weights 0.6 MB: 2 x 1.81 + 0.6 + small files fit, 3 x 1.81 do not.
 DISK = "4600k"
@@ -45,7 +45,7 @@ def test_a_disk_that_fills_up_frees_old_checkpoints_and_still_gets_the_final_wei
     # The third checkpoint needed the first's space: the newest two are kept, the newest is the end.
     steps = [e.step for e in RunDir(str(run)).checkpoint_index().refresh()]
     assert steps == [123, 82], steps
-    records = [json.loads(p.read_text()) for p in sorted((run / "checkpoints" / "commits").glob("*.json"))]
+    records = [json.loads(p.read_text()) for p in commit_records(run)]
     assert "free space" in [r["kind"] for r in records]
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from runner.cli.views import age
 from runner.rundir import heartbeat
-from tests.helpers import JOBS, REPO, runner_cli
+from tests.helpers import JOBS, REPO, commit_records, runner_cli
 
 FAST = ["--set=threads=1", "--set=device=cpu", "--quiet"]
 
@@ -51,7 +51,7 @@ def status_json(run: str, cwd: Path) -> dict:
 def has_checkpoint(run_dir: Path) -> bool:
     """A checkpoint is committed: the newest commit record lists one. (A payload file alone is
     not enough: it is uploaded before its record, and a kill between the two leaves none.)"""
-    records = sorted(p for p in (run_dir / "checkpoints" / "commits").glob("*.json") if not p.name.startswith("."))
+    records = commit_records(run_dir)
     return bool(records) and bool(json.loads(records[-1].read_text())["checkpoints"])
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from runner.rundir.layout import RunDir
 from tests.conftest import make_bucket
-from tests.helpers import JOBS, REPO, FlakyProxy, read_weights, runner_cli, same_tensors
+from tests.helpers import JOBS, REPO, FlakyProxy, commit_records, read_weights, runner_cli, same_tensors
 
 # The CNN with dropout and Adam, small batches: 41 steps an epoch, a checkpoint every 3.
 SPEC = [
@@ -321,7 +321,7 @@ class Run:
 
 
 def newest_record(run_dir: Path) -> dict | None:
-    records = sorted((run_dir / "checkpoints" / "commits").glob("*.json"))
+    records = commit_records(run_dir)
     for path in reversed(records):  # a record pruned meanwhile: the one before is still newer than we need
         try:
             return json.loads(path.read_text())

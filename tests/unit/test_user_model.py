@@ -164,7 +164,11 @@ def test_the_check_leaves_the_random_stream_where_the_factory_left_it(nets: tupl
     ("factory", "options", "message"),
     [
         ("raises", {}, r"raised ValueError: no net for 10 classes \(.*nets_\w+\.py, line 17\)$"),
-        ("small", {"depth": 2}, r"raised TypeError: small\(\) got an unexpected keyword argument 'depth'$"),
+        (
+            "small",
+            {"depth": 2},
+            r"raised TypeError: small\(\) got an unexpected keyword argument 'depth'; check \[model_options\] against its parameters$",
+        ),
         ("not_a_module", {}, r"model: nets_\w+:not_a_module returned builtins\.list, not a torch\.nn\.Module$"),
         ("wrong_outputs", {}, r"returned shape \(2, 784\) for inputs of shape \(2, 1, 28, 28\); .* \(2, 10\)"),
         ("absent", {}, r"model: module 'nets_\w+' has no 'absent'; it has: Noisy, helper, .*, wrong_outputs$"),
