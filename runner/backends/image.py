@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner.errors import UserError
+from runner.models.user import code_files
 
 if TYPE_CHECKING:
     from runner.spec_tables import ImageSpec, JobSpec
@@ -44,10 +45,7 @@ def context_files(root: Path, code: Sequence[str] = ()) -> dict[str, bytes]:
         path = root / entry
         for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
             files[file.relative_to(root).as_posix()] = file.read_bytes()
-    for entry in map(Path, code):
-        inside = sorted(f for f in entry.rglob("*") if f.is_file() and "__pycache__" not in f.parts)
-        for file in inside if entry.is_dir() else [entry]:
-            files[f"{CODE}/{file.relative_to(entry.parent).as_posix()}"] = file.read_bytes()
+    files.update({f"{CODE}/{name}": data for name, data in code_files(code).items()})
     return files
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from runner.errors import UserError
+
 # Where pip gets runner on a fresh Colab runtime. The project has no published home yet:
 # `runner notebook --install` names one (a git URL, a wheel on Drive, a package index).
 UNPUBLISHED = "<where pip finds runner: a git URL, a wheel's path or a package name>"
@@ -90,6 +92,19 @@ else:
 print("run directory:", RUN_DIR)
 """
 
+CODE = """\
+# Your model's code (the spec's code = [...]), embedded by `runner notebook`: written beside
+# job.toml on every run, since the runtime's disk does not survive a disconnect.
+from pathlib import Path
+
+CODE_FILES = {files}
+for path, text in CODE_FILES.items():
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+SETS = [*SETS, {code_set!r}]  # the spec's code = [...], as it lies here
+print("your code:", ", ".join(CODE_FILES))
+"""
+
 SPEC = """\
 from pathlib import Path
 
@@ -160,6 +175,38 @@ def _string(text: str) -> str:
     return '"""\\\n' + text + '"""'
 
 
+def _files(code: dict[str, str]) -> str:
+    """{path: text} as a Python dict literal, one file's text per entry, readable as code."""
+    return "{\n" + "".join(f"    {path!r}: {_string(text)},\n" for path, text in code.items()) + "}"
+
+
+MAX_CODE_BYTES = 1_000_000  # the notebook is uploaded and opened in a browser: code, not data
+
+
+def embedded_code(files: dict[str, bytes]) -> dict[str, str]:
+    """The user's code files as the notebook embeds them (text); UserError for a file that is
+    not UTF-8 text, or for more than MAX_CODE_BYTES in all."""
+    if (total := sum(map(len, files.values()))) > MAX_CODE_BYTES:
+        raise UserError(
+            f"code: {total:,} bytes of files, more than the {MAX_CODE_BYTES:,} a notebook embeds; "
+            "list only your model's modules in code = [...], or pip-install your package on the runtime"
+        )
+    texts = {}
+    for path, data in files.items():
+        try:
+            texts[path] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UserError(
+                f"code: {path} is not UTF-8 text; a notebook embeds source files only: list .py files and packages"
+            ) from None
+    return texts
+
+
+def _code_set(entries: list[str]) -> str:
+    """The override pointing the spec's code at `entries` (names beside job.toml)."""
+    return "code=[" + ", ".join(json.dumps(e) for e in entries) + "]"
+
+
 def _cell(cell_id: str, kind: str, source: str, tags: tuple[str, ...] = ()) -> dict[str, Any]:
     cell: dict[str, Any] = {"cell_type": kind, "id": cell_id, "metadata": {"tags": list(tags)} if tags else {}}
     cell["source"] = source.splitlines(keepends=True)
@@ -169,12 +216,22 @@ def _cell(cell_id: str, kind: str, source: str, tags: tuple[str, ...] = ()) -> d
 
 
 def render(
-    spec_toml: str, name: str, checkpoints: str, install: str, sets: list[str], every_seconds: float
+    spec_toml: str,
+    name: str,
+    checkpoints: str,
+    install: str,
+    sets: list[str],
+    every_seconds: float,
+    code: dict[str, str] | None = None,
+    code_entries: list[str] | None = None,
 ) -> dict[str, Any]:
     """The notebook that trains `spec_toml` (a spec file's text, job `name`) with `--set`
     overrides `sets`, keeping run directories under `checkpoints` ("drive", a URL or a
     path) and installing runner from `install` (pip's argument), as nbformat 4 data.
-    `every_seconds`: the timed-save interval on Colab, quoted as what a disconnect can cost."""
+    `every_seconds`: the timed-save interval on Colab, quoted as what a disconnect can cost.
+    `code`: the user model's files (models.user.code_files, as text) and `code_entries` the
+    names of the spec's code entries: a cell writes the files beside job.toml and points
+    the spec's `code` at them."""
     cells = [
         _cell("intro", "markdown", INTRO.format(name=name, every=f"{every_seconds:.0f}")),
         _cell(
@@ -186,6 +243,11 @@ def render(
         _cell("gpu", "code", GPU),
         _cell("install", "code", INSTALL),
         _cell("where", "code", WHERE),
+        *(
+            [_cell("code", "code", CODE.format(files=_files(code), code_set=_code_set(code_entries or [])))]
+            if code
+            else []
+        ),
         _cell("spec", "code", SPEC),
         _cell("train", "code", TRAIN),
         _cell("tensorboard", "code", TENSORBOARD),

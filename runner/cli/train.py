@@ -273,6 +273,7 @@ def notebook(
 
     from runner import storage
     from runner.backends import notebook as notebooks
+    from runner.models.user import code_files
     from runner.spec import load_spec
     from runner.training.checkpointer import save_every_seconds
 
@@ -282,7 +283,11 @@ def notebook(
     ckpt = resolved.checkpoint
     every = save_every_seconds(ckpt.every_seconds, "every_seconds" in ckpt.model_fields_set, colab=True)
     text = Path(spec).read_text()  # as the user wrote it: unset keys keep their defaults (Colab's save interval)
-    nb = notebooks.render(text, resolved.name, checkpoints, install or notebooks.UNPUBLISHED, list(set_), every)
+    code = notebooks.embedded_code(code_files(resolved.code))  # Colab has only what the notebook holds
+    entries = [Path(c).name for c in resolved.code]
+    nb = notebooks.render(
+        text, resolved.name, checkpoints, install or notebooks.UNPUBLISHED, list(set_), every, code, entries
+    )
     storage.write_output(output, notebooks.to_json(nb).encode())
     typer.echo(f"wrote {output}: upload it to Colab and run all cells; after a disconnect, run them again to resume")
 

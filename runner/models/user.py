@@ -74,6 +74,18 @@ def resolve_code(entries: Sequence[str], base: Path, source: str) -> list[str]:
     return resolved
 
 
+def code_files(code: Sequence[str]) -> dict[str, bytes]:
+    """Every file of `code` (absolute paths: .py files and package folders, caches left out)
+    by its path from the entry's folder: `mynets.py`, `mypkg/__init__.py`, .... Laid out so
+    under any folder, that folder on sys.path imports them as here (an image, a notebook)."""
+    files: dict[str, bytes] = {}
+    for entry in map(Path, code):
+        inside = sorted(f for f in entry.rglob("*") if f.is_file() and "__pycache__" not in f.parts)
+        for file in inside if entry.is_dir() else [entry]:
+            files[file.relative_to(entry.parent).as_posix()] = file.read_bytes()
+    return files
+
+
 def code_roots(code: Sequence[str]) -> list[str]:
     """The folders to put on sys.path for `code` (absolute paths): each entry's parent, once."""
     return list(dict.fromkeys(str(Path(entry).parent) for entry in code))

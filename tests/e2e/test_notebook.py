@@ -34,11 +34,12 @@ finally:
 """
 
 
-def with_parameters(path: Path, checkpoints: str) -> None:
-    """The committed notebook, with values injected after its parameters cell (as papermill does)."""
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+def with_parameters(path: Path, checkpoints: str, source: Path = NOTEBOOK, sets: list[str] = SETS) -> None:
+    """The notebook `source` (the committed one), with values injected after its parameters
+    cell (as papermill does), written to `path`."""
+    nb = nbformat.read(source, as_version=4)
     at = next(i for i, cell in enumerate(nb.cells) if "parameters" in cell.metadata.get("tags", []))
-    injected = f"CHECKPOINTS = {checkpoints!r}\nSETS = {SETS!r}\n"
+    injected = f"CHECKPOINTS = {checkpoints!r}\nSETS = {sets!r}\n"
     nb.cells.insert(at + 1, nbformat.v4.new_code_cell(injected, metadata={"tags": ["injected-parameters"]}))
     nbformat.write(nb, path)
 
@@ -118,3 +119,34 @@ def test_runner_notebook_refuses_bad_input_in_one_line_and_writes_nothing(
     result = runner_cli("notebook", str(JOBS / "digits.toml"), *args, cwd=tmp_path)
     assert result.returncode == 2 and says in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir()), result.stderr
+
+
+def test_a_user_model_travels_in_the_notebook_and_trains_where_its_files_are_not(tmp_path: Path) -> None:
+    """Colab has only what the notebook holds: `runner notebook` embeds the spec's code, and the
+    notebook trains and predicts with it in a folder that never had the files."""
+    project, colab = tmp_path / "project", tmp_path / "colab"
+    (project / "pkg").mkdir(parents=True)
+    colab.mkdir()
+    (project / "pkg" / "__init__.py").write_text("WIDTH = 16\n")
+    (project / "mynets.py").write_text(
+        "from torch import nn\nfrom pkg import WIDTH\n\n\ndef small(input_shape, num_classes):\n"
+        "    c, h, w = input_shape\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, WIDTH), nn.ReLU(), nn.Linear(WIDTH, num_classes))\n"
+    )
+    spec = (
+        (JOBS / "digits.toml")
+        .read_text()
+        .replace('model = "cnn"', 'model = "mynets:small"\ncode = ["mynets.py", "pkg"]')
+    )
+    (project / "job.toml").write_text(spec)
+    written = runner_cli("notebook", "job.toml", "-o", str(tmp_path / "own.ipynb"), cwd=project)
+    assert written.returncode == 0, written.stderr
+    notebook = colab / "own.ipynb"
+    with_parameters(notebook, str(colab / "runs"), tmp_path / "own.ipynb", ["device=cpu", "threads=1", "epochs=1"])
+    ran = execute(notebook, colab)
+    assert ran.wait(300) == 0, ran.stdout.read()
+    printed = outputs(notebook)
+    assert "your code: mynets.py, pkg/__init__.py" in printed["code"], printed["code"]
+    assert "nets:small on digits" in printed["train"] and "done: test_acc" in printed["train"], printed["train"]
+    assert "sample.png" in printed["predict"], printed["predict"]
+    assert (colab / "mynets.py").exists() and not (colab / "runs" / "digits" / "code").exists()

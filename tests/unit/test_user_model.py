@@ -203,3 +203,13 @@ def test_a_module_that_is_nowhere_says_where_to_put_it() -> None:
     # The use side, where the run's code was somewhere this machine does not have.
     with pytest.raises(UserError, match=r"the run's code \(/opt/runner/code/nowhere_nets.py\) is not on this machine"):
         build_user_model("nowhere_nets:f", {}, (1, 8, 8), 10, ["/opt/runner/code/nowhere_nets.py"])
+
+
+def test_a_notebook_embeds_the_code_as_text_within_a_bound() -> None:
+    from runner.backends.notebook import MAX_CODE_BYTES, embedded_code
+
+    assert embedded_code({"mynets.py": b"WIDTH = 3\n"}) == {"mynets.py": "WIDTH = 3\n"}
+    with pytest.raises(UserError, match=r"code: pkg/blob.py is not UTF-8 text"):
+        embedded_code({"pkg/blob.py": b"\xff\xfe"})
+    with pytest.raises(UserError, match=r"more than the 1,000,000 a notebook embeds"):
+        embedded_code({"big.py": b"#" * (MAX_CODE_BYTES + 1)})
