@@ -66,10 +66,12 @@ def gate(
     force: bool = False,
     by: str = "gate",
     step: int | None = None,
+    candidate: Trained | None = None,
 ) -> Decision:
     """Promote the finished run `run_dir` if it beats the promoted model of its prefix by more
     than `min_improvement` on `metric` (or, `force`, without comparing). `step`: its final step
-    (default: its final metrics record's). UserError if it cannot be promoted at all (no final
+    (default: its final metrics record's); `candidate`: its model, if loaded already. UserError
+    if it cannot be promoted at all (no final
     weights, no prefix); RunFailed if promotions keep landing."""
     book = Promotions.beside(run_dir.url)
     if book is None:
@@ -82,7 +84,7 @@ def gate(
         size, md5 = weights_identity(run_dir.path(FINAL_WEIGHTS))
     except FileNotFoundError:
         raise UserError(f"{run_dir.url}: no {FINAL_WEIGHTS}; only a finished run can be promoted") from None
-    candidate = load_trained(run_dir)
+    candidate = candidate or load_trained(run_dir)
     value = None if force else score(candidate)
     if step is None:
         final = [r for r in run_dir.read_metrics() if "test_acc" in r]
@@ -171,10 +173,14 @@ def promote_by_hand(run_dir: RunDir, force: bool, say: Callable[[str], None]) ->
 
     spec = run_spec(run_dir)
     split = "test" if spec.promote.metric == "test_acc" else "val"
-    samples = None if force else held_out(spec, split, "promote.metric")
+    # The candidate first: its samples are checked against the data it recorded, as eval does.
+    candidate = None if force else load_trained(run_dir)
+    samples = None if force else held_out(spec, split, "promote.metric", candidate, say)
 
     def score(trained: Trained) -> float:
         assert samples is not None
         return evaluate(trained, samples.x, samples.y, split, device_for(spec)).accuracy
 
-    return gate(run_dir, spec.promote.metric, spec.promote.min_improvement, score, say, force, by="hand")
+    return gate(
+        run_dir, spec.promote.metric, spec.promote.min_improvement, score, say, force, by="hand", candidate=candidate
+    )

@@ -63,8 +63,10 @@ def test_a_local_image_folder_trains_resumes_bitwise_and_refuses_a_renamed_class
         assert "classes changed" in refused.stderr and "renamed 'seven' -> 'aseven'" in refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
         assert sorted((ref_dir / "checkpoints").iterdir()) == checkpoints
-    evaluated = runner_cli("eval", str(ref_dir), cwd=tmp_path)
-    assert evaluated.returncode == 2 and "not the ones the model was trained on" in evaluated.stderr, evaluated.stderr
+    for command in ("eval", "promote"):  # both score the model on the folder as it is now
+        scored = runner_cli(command, str(ref_dir), cwd=tmp_path)
+        assert scored.returncode == 2 and "not the ones the model was trained on" in scored.stderr, scored.stderr
+    assert not (tmp_path / "promoted").exists()
 
     # Images added to a class: refused without data.accept_changes, resumed with it.
     (images / "aseven").rename(images / "seven")
