@@ -2,10 +2,17 @@
 
 The child gets its own session, so a Ctrl-C in the terminal reaches it exactly once:
 through this process. Used for `runner run` (one process) and for torchrun (several).
+And it stops when this process dies, however it dies: a session of its own also means
+that `kill -9 -- -PGID` (a terminal closing, `timeout -s KILL`, a batch scheduler) does
+not reach it, and a training process reparented to init would hold its GPU and race the
+resubmitted attempt for the run directory (EgoVerse #682, vllm-omni #2317). The kernel
+sends it SIGTERM when its parent dies (Linux's PR_SET_PDEATHSIG), so it saves and ends.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -16,6 +23,25 @@ from typing import IO
 from runner.training.signals import STOP_SIGNALS
 
 FORWARDED = STOP_SIGNALS  # whatever stops `runner run` politely reaches it through `submit` too
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def stop_with_parent(parent: int, signum: int = signal.SIGTERM) -> None:
+    """Have the kernel send this process `signum` when `parent` (its parent's pid) dies.
+
+    For Popen's preexec_fn (in the child, before exec: the setting survives exec) and for a
+    process started by someone else's launcher (torchrun's workers bind themselves first
+    thing). The signal comes when the thread that started this process ends, so start
+    children from a thread that lives as long as its process (the main thread). If the
+    parent is gone already (it died before this ran), the signal is sent now. Linux only;
+    elsewhere nothing happens.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+        return  # not to be had (a seccomp filter): the run still works, as before
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signum)
 
 
 def supervise(
@@ -33,9 +59,13 @@ def supervise(
     ended is dropped: the reason was written before (torchrun answers SIGTERM with a
     traceback of its own, which would bury the one line that says what is wrong).
     """
-    piped = subprocess.PIPE if check else None
+    piped, parent = (subprocess.PIPE if check else None), os.getpid()
     child = subprocess.Popen(
-        list(command), env=dict(env) if env is not None else None, start_new_session=True, stderr=piped
+        list(command),
+        env=dict(env) if env is not None else None,
+        start_new_session=True,
+        stderr=piped,
+        preexec_fn=lambda: stop_with_parent(parent),
     )
     ending = threading.Event()
     if check:

@@ -106,19 +106,38 @@ print("your code:", ", ".join(CODE_FILES))
 """
 
 SPEC = """\
+import os
 from pathlib import Path
+
+from runner.backends.child import stop_with_parent
 
 Path("job.toml").write_text(SPEC_TOML)
 OVERRIDES = [f"checkpoint.dir={RUN_DIR}", *([f"epochs={EPOCHS}"] if EPOCHS else []), *SETS]
 
 
 def runner(*args):
-    \"\"\"Run a runner command, its output streamed into this cell; stop the notebook if it fails.\"\"\"
+    \"\"\"Run a runner command, its output streamed into this cell; stop the notebook if it fails.
+
+    It ends with this kernel (a restart, a crash), and an interrupt (Kernel > Interrupt) stops
+    it politely and waits for its checkpoint, so a re-run never finds the old one still training.
+    \"\"\"
+    kernel = os.getpid()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runner", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-m", "runner", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: stop_with_parent(kernel),
     )
-    for line in proc.stdout:
-        print(line, end="", flush=True)
+    try:
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+    except KeyboardInterrupt:
+        proc.terminate()  # a polite stop (once more, if the interrupt reached it too, changes nothing)
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+        proc.wait()
+        raise
     if proc.wait() != 0:
         raise SystemExit(f"runner {args[0]} exited {proc.returncode}")
 
