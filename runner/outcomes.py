@@ -57,10 +57,11 @@ def exit_code(torchrun_code: int, outcomes: Outcomes, procs: int, stopped: bool)
 
     `procs`: the workers torchrun starts on this node; `stopped`: whether the launcher
     was sent a stop signal (and passed it on). Decided on the newest attempt's codes:
-    a code no restart can change wins; a stop that every worker honoured is 143; a
+    a code no restart can change wins; every worker done is 0; a stop that every worker honoured is 143; a
     node whose every worker lost a peer is 75, also when torchrun's agent then failed to
     re-form the group (its rendezvous timed out: the attempt it restarted recorded
-    nothing); anything else, such as a worker killed before it could record a code, or
+    nothing); a stop before any worker started (torchrun's rendezvous) is 143 too: nothing
+    had trained; anything else, such as a worker killed before it could record a code, or
     a group that never formed, is 1.
     """
     if torchrun_code == 0:
@@ -69,6 +70,10 @@ def exit_code(torchrun_code: int, outcomes: Outcomes, procs: int, stopped: bool)
         return code
     newest = outcomes[max(outcomes)] if outcomes else {}
     everyone = len(newest) == procs
+    if everyone and all(c == Exit.OK for c in newest.values()):
+        return Exit.OK  # they finished; torchrun was stopped (or failed) on its way out
+    if stopped and not outcomes:
+        return Exit.PREEMPTED
     if stopped:
         return Exit.PREEMPTED if everyone and all(c in STOPPED for c in newest.values()) else Exit.FAILED
     if everyone and all(c == Exit.PEER_LOST for c in newest.values()):

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import struct
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -303,3 +306,49 @@ def commit_records(run_dir: Path) -> list[Path]:
     from runner.rundir.checkpoints import record_seq
 
     return sorted(p for p in (run_dir / "checkpoints" / "commits").glob("*.json") if record_seq(p.name) is not None)
+
+
+class Job:
+    """A `runner` process (submit or launch) whose output is collected, line by line, with times."""
+
+    def __init__(self, *args: str, cwd: Path, env: dict[str, str]):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runner", *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: list[tuple[float, str]] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append((time.monotonic(), line))
+
+    @property
+    def out(self) -> str:
+        return "".join(line for _, line in self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 120) -> float:
+        """When a line matching `pattern` came (waiting for it)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for at, line in list(self.lines):
+                if re.search(pattern, line):
+                    return at
+            assert self.proc.poll() is None or self.reader.is_alive(), f"ended without /{pattern}/:\n{self.out}"
+            time.sleep(0.02)
+        raise AssertionError(f"no /{pattern}/ in {timeout} s:\n{self.out}")
+
+    def finish(self, timeout: float = 240) -> int:
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            kill_tree(self.proc.pid)
+            raise AssertionError(f"hung:\n{self.out}") from None
+        self.reader.join(10)
+        return code

@@ -49,9 +49,9 @@ def supervise(
     env: Mapping[str, str] | None = None,
     check: Callable[[], int | None] | None = None,
     every_s: float = 0.5,
-) -> tuple[int, bool]:
+) -> tuple[int, int | None]:
     """Run `command` to its end, passing on stop signals. Returns (its exit code in the
-    shell's convention, 128+N when killed by signal N; whether a stop signal was passed on).
+    shell's convention, 128+N when killed by signal N; the first stop signal passed on, or None).
 
     `check`, called every `every_s` seconds while the child runs, may return an exit code
     to end it early: the child is sent SIGTERM, waited for, and that code returned. The
@@ -88,11 +88,11 @@ def supervise(
                     ending.set()
                     child.terminate()
                     child.wait()
-                    return early, bool(stopped)
+                    return early, (stopped[0] if stopped else None)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return (128 - code if code < 0 else code), bool(stopped)
+    return (128 - code if code < 0 else code), (stopped[0] if stopped else None)
 
 
 def _pass_on(stream: IO[bytes], ending: threading.Event) -> None:

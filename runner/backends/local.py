@@ -24,9 +24,10 @@ from runner.backends.child import supervise
 from runner.errors import RunFailed, UserError
 from runner.rundir import heartbeat, summary
 from runner.rundir.layout import open_run
+from runner.spec_tables import ResourcesSpec
 
 POLL_S = 1.0
-CANCEL_WAIT_S = 120.0  # an emergency save of a large state to a slow bucket takes a while
+CANCEL_MARGIN_S = 30.0  # past the run's grace period: its process's exit, a slow store's last answers
 
 
 def run_args(job: Submission) -> list[str]:
@@ -52,7 +53,7 @@ class LocalBackend:
                 "or run `runner launch SPEC --node-rank N --rdzv-endpoint HOST:PORT` on each machine"
             )
         if res.world_size > 1:
-            return torchrun.launch(run_args(job), torchrun.Node(1, res.procs, run_id=job.spec.name))
+            return torchrun.launch(run_args(job), torchrun.Node(1, res.procs, run_id=job.spec.name), res.grace_seconds)
         return supervise(run_command(job))[0]
 
     def status(self, run: str) -> dict[str, Any]:
@@ -88,13 +89,17 @@ class LocalBackend:
         if not _is_runner(pid):
             raise UserError(f"{run}: its process {pid} is gone; the run will show as stale")
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + CANCEL_WAIT_S
+        # As long as the run itself may take to save: its spec's grace period (an emergency
+        # save of a large state to a slow bucket takes a while), not a wait of our own.
+        grace = ((run_dir.read_spec() or {}).get("resources") or {}).get("grace_seconds", ResourcesSpec().grace_seconds)
+        waited = float(grace) + CANCEL_MARGIN_S
+        deadline = time.monotonic() + waited
         while time.monotonic() < deadline:
             state, status = summary.state_of(run_dir)
             if state != heartbeat.RUNNING:
                 return f"{run}: {state}" + (f" ({status['message']})" if status.get("message") else "")
             time.sleep(POLL_S / 4)
-        raise RunFailed(f"{run}: sent SIGTERM to process {pid}, which has not ended after {CANCEL_WAIT_S:.0f} s")
+        raise RunFailed(f"{run}: sent SIGTERM to process {pid}, which has not ended after {waited:.0f} s")
 
 
 def _is_runner(pid: int) -> bool:

@@ -20,6 +20,7 @@ from runner import outcomes
 from runner.backends.child import supervise
 from runner.device import cpu_budget
 from runner.errors import Exit
+from runner.training.signals import stopped_while_starting
 
 RDZV_PORT = 29400  # torchrun's default c10d port
 # Restarts of the whole node's group that torchrun makes by itself (a worker died, a peer
@@ -63,12 +64,18 @@ class Node:
             raise ValueError(f"{self.nodes} nodes need a rendezvous endpoint (host:port of node 0)")
 
 
-def torchrun_command(run_args: list[str], node: Node) -> list[str]:
-    """The torchrun command line that runs `runner <run_args>` in `node.procs` processes (pure)."""
+def torchrun_command(run_args: list[str], node: Node, grace_s: int) -> list[str]:
+    """The torchrun command line that runs `runner <run_args>` in `node.procs` processes (pure).
+
+    torchrun is run as runner.backends.agent (torchrun, with what it prints on a stop left
+    out). `grace_s`: the spec's resources.grace_seconds. On a stop signal torchrun SIGKILLs
+    its workers after --shutdown-timeout (30 s unless told: pytorch #119856), whatever the
+    pod's grace period; told the spec's, it waits as long as their emergency save may take.
+    """
     command = [
-        sys.executable, "-m", "torch.distributed.run",
+        sys.executable, "-m", "runner.backends.agent",
         f"--nnodes={node.nodes}", f"--nproc-per-node={node.procs}",
-        f"--max-restarts={MAX_RESTARTS}", "--monitor-interval=0.5",
+        f"--max-restarts={MAX_RESTARTS}", "--monitor-interval=0.5", f"--shutdown-timeout={int(grace_s)}",
     ]  # fmt: skip
     if not node.endpoint:
         command.append("--standalone")  # one node: a rendezvous on a free local port
@@ -81,7 +88,7 @@ def torchrun_command(run_args: list[str], node: Node) -> list[str]:
     return [*command, "-m", "runner", *run_args]
 
 
-def launch(run_args: list[str], node: Node) -> int:
+def launch(run_args: list[str], node: Node, grace_s: int) -> int:
     """Run `runner <run_args>` on this node through torchrun, passing on stop signals.
     Returns the node's exit code (outcomes.exit_code)."""
     with tempfile.TemporaryDirectory(prefix="runner-outcomes-") as recorded:
@@ -89,9 +96,12 @@ def launch(run_args: list[str], node: Node) -> int:
         threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, cpu_budget() // node.procs))
         env = {**os.environ, outcomes.ENV: recorded, "OMP_NUM_THREADS": threads, **FRESH_STORE_EACH_ROUND}
         code, stopped = supervise(
-            torchrun_command(run_args, node), env, check=lambda: outcomes.fatal(outcomes.read(recorded))
+            torchrun_command(run_args, node, grace_s), env, check=lambda: outcomes.fatal(outcomes.read(recorded))
         )
-        code = outcomes.exit_code(code, outcomes.read(recorded), node.procs, stopped)
+        records = outcomes.read(recorded)
+        code = outcomes.exit_code(code, records, node.procs, stopped is not None)
+    if stopped is not None and not records:  # stopped before any worker ran: no one else says so
+        print(stopped_while_starting(stopped), file=sys.stderr, flush=True)
     if code == Exit.PEER_LOST:  # the last line of torchrun's output would be its own traceback
         print(PEER_LOST_LINE, file=sys.stderr, flush=True)
     return code

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import gc
-import signal
 from typing import Annotated, Any
 
 import typer
@@ -25,6 +24,7 @@ from runner.cli.options import (
     choices,
 )
 from runner.errors import UserError
+from runner.training.signals import ignore_stop_signals
 
 Builder = choices("Builder", BUILDERS)
 
@@ -52,6 +52,7 @@ def submit(
         raise UserError("--fresh/--overwrite act on local run directories; for a cluster, set a new checkpoint.dir")
     job = Submission(spec, tuple(set_), resolved, quiet=quiet, fresh=fresh, overwrite=overwrite, image=image)
     code = open_backend(backend.value, namespace, context).submit(job)
+    ignore_stop_signals()
     if k8s:
         _submitted(resolved, namespace)
     raise typer.Exit(code)
@@ -80,9 +81,7 @@ def run(
     if overwrite and not fresh:
         raise UserError("--overwrite only goes with --fresh")
     code = session.run(load_spec(spec, set_), RunConsole(soft_wrap=True), quiet, fresh, overwrite)
-    # The run has ended (done, or stopped and saved): the process is on its way out, and one
-    # more Ctrl-C must not turn its exit code into death by SIGINT.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_stop_signals()  # one more Ctrl-C must not turn the exit code into death by SIGINT
     raise typer.Exit(code)
 
 
@@ -126,7 +125,9 @@ def launch(
     except ValueError as e:
         raise UserError(f"{e}; give --node-rank and --rdzv-endpoint (resources.nodes = {res.nodes})") from None
     job = Submission(spec, tuple(set_), resolved, quiet=quiet, fresh=fresh, overwrite=overwrite)
-    raise typer.Exit(torchrun.launch(run_args(job), node))
+    code = torchrun.launch(run_args(job), node, res.grace_seconds)
+    ignore_stop_signals()
+    raise typer.Exit(code)
 
 
 @command()

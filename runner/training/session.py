@@ -232,7 +232,7 @@ class Session:
         self.say(
             f"{spec.name}: {spec.model} on {spec.data.dataset} "
             f"({len(trainer.train)} train / {len(trainer.val)} val / {len(trainer.test)} test) on "
-            f"{trainer.placement.device}, {trainer.placement.precision}, {torch.get_num_threads()} CPU threads "
+            f"{trainer.placement.device}, {trainer.placement.precision}, {(n := torch.get_num_threads())} CPU thread{'s' * (n != 1)} "
             f"-> {run_dir.url}"
         )
         if resumed and state.epoch >= spec.epochs:

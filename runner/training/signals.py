@@ -10,12 +10,53 @@ handler only sets a flag; the training and evaluation loops poll it, save, and e
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+TRAINING_COMMANDS = ("run", "submit", "launch")  # the commands a stop signal may find starting
+
+
+def stopped_while_starting(signum: int) -> str:
+    """The one line of a run stopped before it trained a step: there is nothing to save."""
+    name = signal.Signals(signum).name
+    return f"stopped by {name} while starting, before training: nothing to save; resubmit to go on"
+
+
+def stop_while_starting(argv: Sequence[str]) -> None:
+    """For a training command (`argv[1]` in TRAINING_COMMANDS): until the run puts its own
+    handler in place (Preemption, or the launcher's passing on of signals), a stop signal
+    ends this process at once, exit 143, with the one line saying so. Nothing has trained,
+    so nothing is lost; without this a SIGTERM during start-up (imports, torchrun's
+    rendezvous, loading data) ends the process by the signal: no line, under torchrun no
+    recorded exit code, so the launcher reported a failure (exit 1) and no retry was free.
+    Under torchrun, rank 0 alone prints the line; every worker records its code.
+    """
+    if len(argv) < 2 or argv[1] not in TRAINING_COMMANDS:
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        from runner import outcomes
+        from runner.errors import Exit
+
+        outcomes.record(Exit.PREEMPTED)
+        if os.environ.get("RANK", "0") == "0":
+            print(stopped_while_starting(signum), file=sys.stderr, flush=True)
+        os._exit(Exit.PREEMPTED)  # no cleanup to wait for: nothing was started that needs it
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, stop)
+
+
+def ignore_stop_signals() -> None:
+    """Once the run has ended (done, or stopped and saved), the process is on its way out
+    with its exit code: a stop signal now must neither change it nor print another line."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class StopNow(BaseException):

@@ -14,9 +14,6 @@ import random
 import re
 import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -24,7 +21,7 @@ import pytest
 import torch
 
 from runner.rundir.layout import RunDir
-from tests.helpers import JOBS, REPO, descendants, kill_tree, read_weights, runner_cli, same_tensors
+from tests.helpers import JOBS, REPO, Job, descendants, kill_tree, read_weights, runner_cli, same_tensors
 
 # The CNN with dropout and Adam: 41 global batches of 32 an epoch, a checkpoint every 3 steps.
 SPEC = ["--set=device=cpu", "--set=epochs=2", "--set=batch_size=32", "--set=checkpoint.every_steps=3"]
@@ -35,54 +32,8 @@ DIGITS = str(JOBS / "digits.toml")
 SAMPLES = {"train_acc": 1294, "val_acc": 180, "test_acc": 359}
 
 
-class Job:
-    """A `runner` process (submit or launch) whose output is collected, line by line, with times."""
-
-    def __init__(self, *args: str, cwd: Path):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runner", *args],
-            cwd=cwd,
-            env=ENV,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self.lines: list[tuple[float, str]] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append((time.monotonic(), line))
-
-    @property
-    def out(self) -> str:
-        return "".join(line for _, line in self.lines)
-
-    def wait_for(self, pattern: str, timeout: float = 120) -> float:
-        """When a line matching `pattern` came (waiting for it)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for at, line in list(self.lines):
-                if re.search(pattern, line):
-                    return at
-            assert self.proc.poll() is None or self.reader.is_alive(), f"ended without /{pattern}/:\n{self.out}"
-            time.sleep(0.02)
-        raise AssertionError(f"no /{pattern}/ in {timeout} s:\n{self.out}")
-
-    def finish(self, timeout: float = 240) -> int:
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            kill_tree(self.proc.pid)
-            raise AssertionError(f"hung:\n{self.out}") from None
-        self.reader.join(10)
-        return code
-
-
 def submit(run_dir: Path, *extra: str, cwd: Path) -> Job:
-    return Job("submit", DIGITS, *SPEC, *extra, f"--set=checkpoint.dir={run_dir}", "--quiet", cwd=cwd)
+    return Job("submit", DIGITS, *SPEC, *extra, f"--set=checkpoint.dir={run_dir}", "--quiet", cwd=cwd, env=ENV)
 
 
 def workers(pid: int) -> list[int]:
@@ -93,7 +44,7 @@ def workers(pid: int) -> list[int]:
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"runner" in cmdline and b"run" in cmdline and b"torch.distributed.run" not in cmdline:
+        if b"runner" in cmdline and b"run" in cmdline and b"runner.backends.agent" not in cmdline:
             found.append(child)
     return found
 
@@ -240,7 +191,7 @@ def node(rank: int, run_dir: Path, port: int) -> Job:
         f"--set=checkpoint.dir={run_dir}", "--quiet", f"--node-rank={rank}",
         f"--rdzv-endpoint=127.0.0.1:{port}", "--run-id=test-nodes",
     ]  # fmt: skip
-    return Job(*args, cwd=run_dir.parent)
+    return Job(*args, cwd=run_dir.parent, env=ENV)
 
 
 def first_of(jobs: list[Job], pattern: str, timeout: float) -> float:

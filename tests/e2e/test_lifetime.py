@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from runner.rundir.layout import RunDir
-from tests.helpers import JOBS, REPO, descendants
+from tests.helpers import JOBS, REPO, Job, descendants
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 SPEC = [str(JOBS / "digits.toml"), "--set=device=cpu", "--set=batch_size=32", "--set=checkpoint.every_steps=3"]
@@ -89,7 +90,7 @@ def test_sigkill_of_torchrun_ends_its_workers(tmp_path: Path) -> None:
         while newest_step(run_dir) < 3:
             assert launcher.poll() is None and time.monotonic() < deadline, "no checkpoint in 120 s"
             time.sleep(0.05)
-        (agent,) = [p for p in descendants(launcher.pid) if b"torch.distributed.run" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        (agent,) = [p for p in descendants(launcher.pid) if b"runner.backends.agent" in Path(f"/proc/{p}/cmdline").read_bytes()]
         workers = descendants(agent)
         assert len(workers) == 2, workers
         os.kill(agent, signal.SIGKILL)
@@ -102,3 +103,45 @@ def test_sigkill_of_torchrun_ends_its_workers(tmp_path: Path) -> None:
         for pid in [launcher.pid, *workers]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+# A polite stop's moments in a run's life, each an event the test waits for: start-up (the
+# imports, torchrun's rendezvous), the data loaded (the first line), training (a checkpoint
+# committed since this attempt began), the end (the epoch's line: then the test set's
+# evaluation and the final save).
+MOMENTS = {
+    "start-up": lambda job, run_dir, step: time.sleep(0.3),
+    "data loaded": lambda job, run_dir, step: job.wait_for(r" train / \d+ val / "),
+    "training": lambda job, run_dir, step: wait_until(lambda: newest_step(run_dir) > step, job),
+    "the end": lambda job, run_dir, step: job.wait_for(r"^epoch 1/1 "),
+}
+
+
+def wait_until(done, job: Job, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert job.proc.poll() is None and time.monotonic() < deadline, job.out
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("procs", [1, 2])
+def test_a_stop_at_any_moment_ends_143_with_runners_line_last_and_resumes(procs: int, tmp_path: Path) -> None:
+    """SIGTERM to the launcher (what a pod's PID 1 gets) at each moment, one attempt after
+    the other on one run directory: each ends 143 (0 if it had finished), runner's one line the
+    last thing printed, no traceback; the next attempt resumes, and the last finishes."""
+    run_dir = tmp_path / "run"
+    args = [*SPEC, f"--set=resources.procs_per_node={procs}", f"--set=checkpoint.dir={run_dir}", "--quiet"]
+    for moment, reached in [*MOMENTS.items(), ("never", None)]:
+        job = Job("submit", *args, "--set=epochs=1", cwd=tmp_path, env=ENV)
+        if reached is not None:
+            reached(job, run_dir, newest_step(run_dir))
+            os.kill(job.proc.pid, signal.SIGTERM)
+        code = job.finish()
+        last = job.out.strip().splitlines()[-1] if job.out.strip() else ""
+        assert "Traceback" not in job.out and "SignalException" not in job.out, (moment, job.out)
+        if code == 0:
+            assert last.startswith("done: test_acc"), (moment, job.out)
+            break
+        assert code == 143, (moment, code, job.out)
+        assert re.match(r"stopped by SIGTERM (at step \d+|while starting).*; resubmit to", last), (moment, job.out)
+    assert code == 0 and (run_dir / "final" / "model.safetensors").exists(), job.out

@@ -12,19 +12,29 @@ from runner.errors import Exit
 
 
 def test_one_node_is_a_standalone_launch_of_runner_run() -> None:
-    command = torchrun_command(["run", "job.toml", "--quiet"], Node(1, 2))
-    assert command[1:3] == ["-m", "torch.distributed.run"]
+    command = torchrun_command(["run", "job.toml", "--quiet"], Node(1, 2), 30)
+    assert command[1:3] == ["-m", "runner.backends.agent"]  # torchrun, less its stop chatter
     assert "--standalone" in command and "--nproc-per-node=2" in command and "--nnodes=1" in command
     assert command[-5:] == ["-m", "runner", "run", "job.toml", "--quiet"]
 
 
 @pytest.mark.parametrize(("rank", "host"), [(0, "true"), (1, "false")])
 def test_several_nodes_meet_at_node_0s_c10d_rendezvous(rank: int, host: str) -> None:
-    command = torchrun_command(["run", "job.toml"], Node(2, 8, rank, "job-0.job-nodes:29400", "job"))
+    command = torchrun_command(["run", "job.toml"], Node(2, 8, rank, "job-0.job-nodes:29400", "job"), 30)
     assert "--standalone" not in command
     assert {"--rdzv-backend=c10d", "--rdzv-endpoint=job-0.job-nodes:29400", "--rdzv-id=job"} <= set(command)
     conf = next(c for c in command if c.startswith("--rdzv-conf="))
     assert f"is_host={host}" in conf
+
+
+def test_torchrun_waits_for_the_workers_emergency_save_as_long_as_the_spec_grants() -> None:
+    """torchrun's own parser reads the command: its shutdown timeout (SIGTERM to SIGKILL of
+    the workers) is the spec's grace period, not torchrun's 30 s (pytorch #119856)."""
+    from torch.distributed.run import parse_args
+
+    command = torchrun_command(["run", "job.toml"], Node(1, 2), 95)
+    args = parse_args(command[3:])
+    assert args.shutdown_timeout == 95 and args.nproc_per_node == "2" and args.training_script == "runner"
 
 
 def test_a_node_outside_the_job_or_without_a_rendezvous_is_refused() -> None:
@@ -51,6 +61,8 @@ OK, STOP, LOST = int(Exit.OK), int(Exit.PREEMPTED), int(Exit.PEER_LOST)
         (1, {0: {0: LOST, 1: LOST}}, False, Exit.PEER_LOST),  # the other node is gone
         (1, {0: {0: LOST, 1: LOST}, 1: {0: 1, 1: LOST}}, False, Exit.FAILED),  # the newest attempt decides
         (1, {}, False, Exit.FAILED),  # the group never formed
+        (143, {}, True, Exit.PREEMPTED),
+        (143, {0: {0: OK, 1: OK}}, True, Exit.OK),  # stopped once the run had finished  # stopped in torchrun's rendezvous: no worker had started
         (137, {0: {0: OK}}, False, Exit.FAILED),
     ],
 )
