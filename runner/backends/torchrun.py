@@ -38,6 +38,10 @@ STORE_TIMEOUT_S = 60
 # previous round, and gloo/NCCL connect to a dead port and time out (pytorch #135712:
 # seen here as every in-launch restart failing, "Gloo connectFullMesh failed").
 FRESH_STORE_EACH_ROUND = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+# torch's C++ warnings carry native stack traces: a lost peer printed ~100 lines of them on
+# every node, burying the one line that says what happened. Errors still print; a user's own
+# setting wins.
+QUIET_CPP = {"TORCH_CPP_LOG_LEVEL": os.environ.get("TORCH_CPP_LOG_LEVEL", "ERROR")}
 
 
 PEER_LOST_LINE = (
@@ -94,7 +98,7 @@ def launch(run_args: list[str], node: Node, grace_s: int) -> int:
     with tempfile.TemporaryDirectory(prefix="runner-outcomes-") as recorded:
         # Each process's share of the cores (torchrun would otherwise set 1 and say so in a banner).
         threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, cpu_budget() // node.procs))
-        env = {**os.environ, outcomes.ENV: recorded, "OMP_NUM_THREADS": threads, **FRESH_STORE_EACH_ROUND}
+        env = {**os.environ, outcomes.ENV: recorded, "OMP_NUM_THREADS": threads, **FRESH_STORE_EACH_ROUND, **QUIET_CPP}
         code, stopped = supervise(
             torchrun_command(run_args, node, grace_s), env, check=lambda: outcomes.fatal(outcomes.read(recorded))
         )

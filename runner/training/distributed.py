@@ -15,6 +15,7 @@ one code path.
 from __future__ import annotations
 
 import datetime
+import re
 from typing import Any
 
 import torch
@@ -121,8 +122,11 @@ def peer_lost(error: Exception, step: int) -> PeerLost | None:
     """The PeerLost to raise for `error` at step `step` if it means a peer is gone, else None."""
     if not lost_peer(error):
         return None
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    # gloo's "[/__w/pytorch/.../pair.cc:545] Read error [host]:port: Connection reset by peer.
+    # This is typically caused by ...": its source location and advice are no news to a user.
+    first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0][:160]
     return PeerLost(
-        f"another process of this job is gone ({first}) at step {step}; "
-        "the group re-forms and resumes from the newest checkpoint"
+        f"another process of this job is gone ({first}) at step {step}: this one stops; "
+        "the job resumes from the newest checkpoint once its group re-forms"
     )

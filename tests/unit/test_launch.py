@@ -79,3 +79,24 @@ def test_workers_record_their_codes_by_restart_and_local_rank(tmp_path: Path) ->
     assert outcomes.read(tmp_path) == {1: {3: 75}}
     assert outcomes.fatal({0: {0: 2}, 1: {0: LOST}}) is None  # only the newest attempt counts
     assert outcomes.fatal({1: {0: LOST, 1: 2}}) == 2
+
+
+def test_the_agent_drops_torchruns_chatter_about_what_runner_explains_and_says_when_it_waits(capsys) -> None:
+    import logging
+
+    from runner.backends.agent import StopChatter
+
+    chatter = StopChatter(900)
+
+    def shown(message: str, level: int = logging.WARNING) -> bool:
+        return chatter.filter(logging.LogRecord("torch", level, "api.py", 1, message, None, None))
+
+    assert not shown("Received 15 death signal, shutting down workers")
+    assert not shown("Sending process 8848 closing signal SIGTERM")
+    assert not shown("failed (exitcode: 75) local_rank: 0 (pid: 1) of binary: python", logging.ERROR)
+    assert not shown("The node 'n' has failed to send a keep-alive heartbeat to the rendezvous 'r'")
+    assert not shown("[default] Rendezvous'ing worker group", logging.INFO)
+    assert shown("failed (exitcode: 1) local_rank: 0 (pid: 1) of binary: python", logging.ERROR)  # a crash
+    assert shown("failed (exitcode: 143) local_rank: 0 (pid: 1) of binary: python", logging.ERROR) is False
+    assert not shown("[default] Worker group FAILED. 3/3 attempts left; will restart worker group", logging.INFO)
+    assert "restart 1 of 3); waiting up to 900 s for the job's nodes" in capsys.readouterr().err
