@@ -1,6 +1,6 @@
 """Pixels from a decoded image: what training on image files and `runner predict` share.
 
-Grey or colour to the model's channels, transparency flattened onto white, fitted into
+Every bit depth to 8 bits by its range (`eight_bit`), grey or colour to the model's channels, transparency flattened onto white, fitted into
 H x W keeping the aspect ratio (padded with the border's colour). Both sides go
 through `to_pixels`, so a model is fed an image file the way it was trained on one,
 to the last bit. Pillow is deterministic here, so a resumed run decodes the same bytes.
@@ -34,7 +34,7 @@ def to_pixels(
     channels, height, width = shape
     if channels not in (1, 3):
         raise UserError(f"predict: images for a model of {channels} input channels are not supported (1 or 3)")
-    image = _flatten_alpha(image).convert("L" if channels == 1 else "RGB")
+    image = _flatten_alpha(eight_bit(image)).convert("L" if channels == 1 else "RGB")
     border = _border(image)
     inverted = invert == "yes" or (invert == "auto" and light_on_dark and bool(border.mean() > 127.5))
     image = _fit(image, (width, height), tuple(int(round(v)) for v in border.mean(axis=0)))
@@ -42,6 +42,37 @@ def to_pixels(
         image = ImageOps.invert(image)
     array = np.asarray(image, dtype=np.uint8).reshape(height, width, channels)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(), inverted
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
+    """An image of more than 8 bits per sample as 8 bits, scaled by its range: 16-bit grey
+    ("I;16", "I;16B", ... as 16-bit PNG, TIFF and PGM give) as round(v / 257), so 257 x v is v;
+    32-bit integer ("I") the same when a value exceeds 255, as is (clipped at 0) otherwise, an
+    8-bit image widened; floats ("F") as 0..1 when none exceeds 1, as 0..255 otherwise (clipped
+    to that range, not-a-number as 0). Other modes are returned as they are: Pillow's own
+    conversions of 1, L, P, LA, RGB(A), CMYK, YCbCr are right. Pillow's convert("L") clips
+    16-bit grey at 255 instead of scaling it (Pillow #3011): a 16-bit scan became white.
+    A 16-bit grey image's transparent value (PNG tRNS) becomes an alpha channel ("LA")."""
+    from PIL import Image
+
+    if not (image.mode.startswith("I") or image.mode == "F"):
+        return image
+    values = np.asarray(image)
+    if image.mode == "F":
+        values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        scale = 255.0 if values.size and values.max() <= 1.0 else 1.0
+        grey = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+    else:
+        values = values.astype(np.int64)
+        wide = image.mode.startswith("I;16") or (values.size and values.max() > 255)
+        values = np.clip(values, 0, 65535 if wide else 255)
+        grey = ((values + 128) // 257 if wide else values).astype(np.uint8)
+    out = Image.fromarray(grey)  # uint8 (H, W): "L"
+    transparent = image.info.get("transparency")
+    if isinstance(transparent, int) and image.mode != "F":
+        alpha = np.where(np.asarray(image).astype(np.int64) == transparent, 0, 255).astype(np.uint8)
+        out = Image.merge("LA", (out, Image.fromarray(alpha)))
+    return out
 
 
 def _flatten_alpha(image: Image.Image) -> Image.Image:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import shutil
 import signal
@@ -51,6 +52,14 @@ def bomb_png(width: int, height: int) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
     )
+
+
+def complete_png(width: int, height: int) -> bytes:
+    """A whole, valid 1-bit PNG of width x height (12 KB at 5000x5000): it decodes, so only the
+    pixel limit refuses it (bomb_png's data is cut short, so decoding it fails anyway)."""
+    buffer = io.BytesIO()
+    Image.new("1", (width, height), 1).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +165,7 @@ BAD = {
     "ragged pixels": (b'{"pixels": [[[0, 1], [2]]]}', "application/json", "", 422, "not a rectangular array"),
     "pixels out of range": (json.dumps({"pixels": [[[300] * 28] * 28]}).encode(), "application/json", "", 422, "0..255"),
     "huge dimensions": (bomb_png(5000, 5000), "image/png", "", 413, "5000x5000 pixels, more than the 16,777,216"),
+    "complete png over the limit": (complete_png(5000, 5000), "image/png", "", 413, "5000x5000 pixels, more than"),
     "decompression bomb": (bomb_png(50_000, 50_000), "image/png", "", 413, "could be decompression bomb"),
     "body too large": (b"\0" * (5 * 1024 * 1024), "image/png", "", 413, "more than the 4,194,304 bytes"),
     "too many images": (json.dumps({"images": ["aGVsbG8="] * 65}).encode(), "application/json", "", 413, "65 images"),
