@@ -241,12 +241,21 @@ def load(root: str, seed: int, options: Options) -> Loaded:
     if any(f.split for f in files):
         val = split("val")
         train, test = split("train"), split("test")
+        if not len(test):  # every file of test/ unreadable
+            raise UserError(
+                f"data: the test split of {root} is empty (no readable image under {root}/test): add images there"
+            )
         return Loaded(train, test, val if len(val) else None, tuple(train_classes), print_, tuple(notes))
     whole = split("")
     order = torch.randperm(len(whole), generator=torch.Generator().manual_seed(seed))
     n_test = round(len(whole) * options.test_fraction)
     if n_test >= len(whole):
         raise UserError(f"data.test_fraction: {options.test_fraction} of {len(whole)} images leaves none to train on")
+    if n_test == 0:  # the run would train, then have no test_acc to end on
+        raise UserError(
+            f"data: the test split of {root} is empty ({len(whole)} images, data.test_fraction "
+            f"{options.test_fraction}): add images or raise data.test_fraction"
+        )
     test_idx, train_idx = order[:n_test], order[n_test:]
     train, test = Split(whole.x[train_idx], whole.y[train_idx]), Split(whole.x[test_idx], whole.y[test_idx])
     return Loaded(train, test, None, tuple(train_classes), print_, tuple(notes))
