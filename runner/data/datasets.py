@@ -40,6 +40,7 @@ class DatasetInfo:
     classes: tuple[str, ...] = ()  # () : from the data (class folders)
     mean: tuple[float, ...] = ()  # per channel, on the 0..1 scale; () : from the training split
     std: tuple[float, ...] = ()
+    framing: str = "fit"  # how its pictures are framed (data/pixels.FRAMINGS): predict frames a user's so
 
     @property
     def num_classes(self) -> int:
@@ -47,7 +48,7 @@ class DatasetInfo:
 
     @property
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing(self.shape, self.classes, self.mean, self.std)
+        return Preprocessing(self.shape, self.classes, self.mean, self.std, self.framing)
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,8 @@ def _load_image_folder(root: str, download: bool, seed: int, options: Options) -
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 
 DATASETS: dict[str, DatasetInfo] = {
-    "mnist": DatasetInfo(_torchvision("MNIST", "MNIST/raw"), (1, 28, 28), DIGIT_CLASSES, (0.1307,), (0.3081,)),
+    # MNIST's digits are fitted into a 20x20 box centred in 28x28 ("mnist" framing); digits is made so.
+    "mnist": DatasetInfo(_torchvision("MNIST", "MNIST/raw"), (1, 28, 28), DIGIT_CLASSES, (0.1307,), (0.3081,), "mnist"),
     "fashion-mnist": DatasetInfo(
         _torchvision("FashionMNIST", "FashionMNIST/raw"),
         (1, 28, 28),
@@ -156,7 +158,7 @@ DATASETS: dict[str, DatasetInfo] = {
         (0.4914, 0.4822, 0.4465),
         (0.2470, 0.2435, 0.2616),
     ),  # fmt: skip
-    "digits": DatasetInfo(_load_digits, (1, 28, 28), DIGIT_CLASSES, (0.1559,), (0.2774,)),
+    "digits": DatasetInfo(_load_digits, (1, 28, 28), DIGIT_CLASSES, (0.1559,), (0.2774,), "mnist"),
     # Files of the user's own, one folder per class (data/imagefolder.py): the facts come from them.
     "imagefolder": DatasetInfo(_load_image_folder),
 }

@@ -11,9 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from runner.data.imagefolder import decode
 from runner.data import pixels as pixels_
+from runner.data.imagefolder import decode
 from runner.data.pixels import to_pixels
+from runner.errors import UserError
 from runner.use import images
 
 
@@ -99,3 +100,64 @@ def test_a_complete_png_over_the_pixel_limit_is_refused_before_decoding() -> Non
     with pytest.raises(images.TooLarge) as e:
         images.decode_image(data, "big.png", max_pixels=4096 * 4096)
     assert str(e.value) == "big.png: 5000x5000 pixels, more than the 16,777,216 allowed; send a smaller image"
+
+
+# -- framing: a user's picture framed as the training data were ---------------------------------
+
+
+def ink_box(pixels: torch.Tensor) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the ink (value > 64) of light-on-dark pixels (1, H, W)."""
+    rows, cols = np.nonzero(pixels[0].numpy() > 64)
+    return int(rows.min()), int(cols.min()), int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+
+
+def drawn_large() -> Image.Image:
+    """A 7 drawn big and off-centre on a 280 x 280 white page (dark ink), as on the drawing page."""
+    page = Image.new("L", (280, 280), 255)
+    ink = Image.fromarray(255 - EIGHT).crop((6, 2, 28, 30)).resize((150, 265), Image.Resampling.BILINEAR)
+    page.paste(ink, (125, 8))
+    return page
+
+
+def test_mnist_framing_puts_the_ink_in_a_centred_20_pixel_box_as_the_digits_data_are() -> None:
+    fitted, inverted = to_pixels(drawn_large(), (1, 28, 28), "auto", True, "fit")
+    framed, also = to_pixels(drawn_large(), (1, 28, 28), "auto", True, "mnist")
+    assert inverted and also
+    top, left, height, width = ink_box(framed)
+    assert max(height, width) in (19, 20) and abs((top + height / 2) - 14) <= 1 and abs((left + width / 2) - 14) <= 1
+    assert ink_box(fitted)[2] >= 25  # fitted whole, the ink ran from edge to edge: not what the model learnt
+    from runner.data.datasets import DATASETS
+
+    x = DATASETS["digits"].load("", False, 0, None).train.x  # type: ignore[arg-type]
+    boxes = np.array([ink_box(d)[2:] for d in x[:200]])
+    assert boxes.max() <= 20 and np.median(boxes.max(axis=1)) >= 17  # the data's digits: about a 20-pixel box
+
+
+def test_mnist_framing_takes_an_image_of_the_models_size_as_framed_and_a_blank_one_whole() -> None:
+    sample = EIGHT[2:30, 2:30].copy()  # 28 x 28: a sample of the data's own size
+    pixels, _ = to_pixels(Image.fromarray(sample), (1, 28, 28), "no", True, "mnist")
+    assert np.array_equal(pixels[0].numpy(), sample)
+    blank, _ = to_pixels(Image.new("L", (50, 70), 255), (1, 28, 28), "auto", True, "mnist")
+    assert int(blank.max()) == 0  # white paper, inverted: nothing to frame
+    with pytest.raises(UserError, match="framing 'centre' is not one of fit, mnist"):
+        to_pixels(Image.fromarray(sample), (1, 28, 28), "no", True, "centre")
+
+
+def test_the_framing_is_recorded_in_the_runs_preprocessing_and_used_by_prepare() -> None:
+    from types import SimpleNamespace
+
+    from runner.data.datasets import DATASETS
+    from runner.data.preprocessing import Preprocessing
+    from runner.use.predict import prepare
+
+    assert {name: info.framing for name, info in DATASETS.items()} == {
+        "mnist": "mnist", "fashion-mnist": "fit", "cifar10": "fit", "digits": "mnist", "imagefolder": "fit"
+    }  # fmt: skip
+    digits = DATASETS["digits"].preprocessing
+    assert Preprocessing.from_dict(digits.to_dict()) == digits and digits.framing == "mnist"
+    assert Preprocessing.from_dict(digits.to_metadata()) == digits  # weights metadata: JSON strings
+    old = {k: v for k, v in digits.to_metadata().items() if k != "framing"}  # weights from before framing
+    assert Preprocessing.from_dict(old).framing == "fit"
+    trained = SimpleNamespace(input_shape=(1, 28, 28), preprocessing=digits)
+    pixels, inverted = prepare(trained, drawn_large())  # type: ignore[arg-type]
+    assert inverted and torch.equal(pixels, to_pixels(drawn_large(), (1, 28, 28), "auto", True, "mnist")[0])
