@@ -137,6 +137,22 @@ def test_pixels_at_the_input_shape_and_concurrent_requests_batched(served: Serve
     assert after["batches"] - before["batches"] < 64  # concurrent requests shared forward passes
 
 
+def test_a_16_bit_png_is_answered_as_its_8_bit_twin_by_serve_and_predict(
+    served: Server, files: list[Path], trained_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """16-bit grey (257 x each value) was clipped to mostly white by Pillow's convert("L")."""
+    import numpy as np
+
+    eight = np.asarray(Image.open(files[0]).convert("L"))
+    deep = tmp_path / "deep.png"
+    Image.fromarray(eight.astype(np.uint16) * 257).save(deep)
+    assert Image.open(deep).mode == "I;16"
+    twin, sixteen = (post(served, path.read_bytes(), "image/png", "?top=10").json() for path in (files[0], deep))
+    assert sixteen["predictions"][0]["top"] == twin["predictions"][0]["top"]
+    cli = runner_cli("predict", str(trained_runs["finished"]), str(deep), "--top", "10", "--json", cwd=tmp_path)
+    assert cli.returncode == 0 and json.loads(cli.stdout)["predictions"][0]["top"] == twin["predictions"][0]["top"]
+
+
 def test_model_health_readiness_and_page(served: Server, trained_runs: dict[str, Path]) -> None:
     model = httpx.get(f"{served.url}/v1/model").json()
     metrics = [json.loads(line) for line in (trained_runs["finished"] / "metrics.jsonl").read_text().splitlines()]
