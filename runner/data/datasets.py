@@ -40,6 +40,7 @@ class DatasetInfo:
     classes: tuple[str, ...] = ()  # () : from the data (class folders)
     mean: tuple[float, ...] = ()  # per channel, on the 0..1 scale; () : from the training split
     std: tuple[float, ...] = ()
+    framing: str = "fit"  # how its pictures are framed (data/pixels.FRAMINGS): predict frames a user's so
 
     @property
     def num_classes(self) -> int:
@@ -47,7 +48,7 @@ class DatasetInfo:
 
     @property
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing(self.shape, self.classes, self.mean, self.std)
+        return Preprocessing(self.shape, self.classes, self.mean, self.std, self.framing)
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,8 @@ def _load_image_folder(root: str, download: bool, seed: int, options: Options) -
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 
 DATASETS: dict[str, DatasetInfo] = {
-    "mnist": DatasetInfo(_torchvision("MNIST", "MNIST/raw"), (1, 28, 28), DIGIT_CLASSES, (0.1307,), (0.3081,)),
+    # MNIST's digits are fitted into a 20x20 box centred in 28x28 ("mnist" framing); digits is made so.
+    "mnist": DatasetInfo(_torchvision("MNIST", "MNIST/raw"), (1, 28, 28), DIGIT_CLASSES, (0.1307,), (0.3081,), "mnist"),
     "fashion-mnist": DatasetInfo(
         _torchvision("FashionMNIST", "FashionMNIST/raw"),
         (1, 28, 28),
@@ -156,7 +158,7 @@ DATASETS: dict[str, DatasetInfo] = {
         (0.4914, 0.4822, 0.4465),
         (0.2470, 0.2435, 0.2616),
     ),  # fmt: skip
-    "digits": DatasetInfo(_load_digits, (1, 28, 28), DIGIT_CLASSES, (0.1559,), (0.2774,)),
+    "digits": DatasetInfo(_load_digits, (1, 28, 28), DIGIT_CLASSES, (0.1559,), (0.2774,), "mnist"),
     # Files of the user's own, one folder per class (data/imagefolder.py): the facts come from them.
     "imagefolder": DatasetInfo(_load_image_folder),
 }
@@ -182,15 +184,42 @@ def load_dataset(
         n_val = round(len(train) * val_fraction)
         if n_val >= len(train):
             raise UserError(f"data.val_fraction: {val_fraction} leaves no training samples")
+        if n_val == 0 and val_fraction > 0:  # asked for, and every epoch's val_acc would be missing
+            raise UserError(
+                f"data: the validation split of {root} is empty ({len(train)} training images, data.val_fraction "
+                f"{val_fraction}): add images, raise data.val_fraction, or set it to 0 to train without one"
+            )
         val_idx, train_idx = order[:n_val], order[n_val:]
         train, val = Split(train.x[train_idx], train.y[train_idx]), Split(train.x[val_idx], train.y[val_idx])
     classes = info.classes or loaded.classes
+    _check_every_class_trains(root, classes, train, val, loaded.test)
     mean, std = (info.mean, info.std) if info.mean else channel_stats(train.x)
     info = replace(info, shape=tuple(train.x.shape[1:]), classes=classes, mean=mean, std=std)
     print_ = loaded.fingerprint or fingerprint.of_tensors(
         torch.cat([loaded.train.x, loaded.test.x]), torch.cat([loaded.train.y, loaded.test.y]), classes
     )
     return Dataset(info, train, val, loaded.test, print_, loaded.notes)
+
+
+def _check_every_class_trains(root: str, classes: tuple[str, ...], train: Split, val: Split, test: Split) -> None:
+    """UserError if a class has no training sample (a small class whose images the seeded split
+    put all in test or val, or whose files are all unreadable): the model would have an output
+    it never learnt, and a test_acc that cannot be reached."""
+    import torch
+
+    def counts(split: Split) -> list[int]:
+        return torch.bincount(split.y, minlength=len(classes)).tolist()
+
+    missing = [i for i, n in enumerate(counts(train)) if n == 0]
+    if not missing:
+        return
+    n_val, n_test = counts(val), counts(test)
+    said = ", ".join(f"{classes[i]!r} ({n_test[i]} in test, {n_val[i]} in val)" for i in missing[:3])
+    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+    raise UserError(
+        f"data: {len(missing)} class(es) of {root} have no training image after the split: {said}{more}; "
+        "add images of them, or lower data.test_fraction or data.val_fraction"
+    )
 
 
 def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

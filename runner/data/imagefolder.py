@@ -9,7 +9,9 @@ exactly as `runner predict` makes them (data/pixels.py), decoded by a pool of th
 (Pillow releases the GIL while it decodes and resizes). Before decoding, the memory the
 tensors will take is checked against what this process may use. Unreadable images are
 skipped and counted, or refused with data.strict. Class names are the folder names,
-sorted, as torchvision's ImageFolder sorts them.
+sorted, as torchvision's ImageFolder sorts them; hidden folders and files (.ipynb_checkpoints,
+.DS_Store, __MACOSX) are neither classes nor samples, and the log's one line names what
+was passed over.
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ from runner.errors import UserError
 if TYPE_CHECKING:
     import numpy as np
 
-# torchvision's IMG_EXTENSIONS: other files (a README, .DS_Store) are not images and are passed over.
+# torchvision's IMG_EXTENSIONS: other files (a README, notes.txt) are not images and are passed over.
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val", "test")
-SHOWN = 3  # unreadable files named in the log line
+SHOWN = 3  # files named in a log line (unreadable, passed over)
 # Loading holds the decoded images and the stacked tensor, and the splits copy it once more.
 PEAK_COPIES = 3
 
@@ -48,18 +50,41 @@ class File:
     size: int
 
 
-def find_files(root: str, rels: Sequence[tuple[str, int]]) -> list[File]:
-    """The image files among `rels` (path relative to `root` with "/", size), by split and class
-    (pure). Raises UserError for a layout that is neither form."""
+def hidden(name: str) -> bool:
+    """A name no user means as data: dot-names (.ipynb_checkpoints, which Jupyter and Colab make
+    in every folder they open, .DS_Store, .git) and __MACOSX (what macOS's zip adds)."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def find_files(root: str, rels: Sequence[tuple[str, int]]) -> tuple[list[File], str]:
+    """The image files among `rels` (path relative to `root` with "/", size), by split and class,
+    and a line naming what was passed over ("" if nothing) (pure). Raises UserError for a layout
+    that is neither form.
+
+    As torchvision's ImageFolder reads a folder (class folders sorted, files by IMG_EXTENSIONS),
+    and hidden entries (`hidden`) are neither classes nor samples: mmpretrain #507, where a
+    Jupyter checkpoint folder became a class."""
     parts = [(rel.split("/"), size) for rel, size in rels]
-    images = [(p, size) for p, size in parts if p[-1].lower().endswith(EXTENSIONS) and not p[-1].startswith(".")]
+    hidden_entries: dict[str, int] = {}  # the hidden folder or file -> files under it
+    not_images, images = [], []
+    for p, size in parts:
+        at = next((i for i, name in enumerate(p) if hidden(name)), None)
+        if at is not None:
+            entry = "/".join(p[: at + 1]) + ("/" if at < len(p) - 1 else "")
+            hidden_entries[entry] = hidden_entries.get(entry, 0) + 1
+        elif p[-1].lower().endswith(EXTENSIONS):
+            images.append((p, size))
+        else:
+            not_images.append("/".join(p))
     split_layout = {"train", "test"} <= {p[0] for p, _ in images if len(p) >= 3}
-    found = []
+    found, outside = [], []
     for p, size in images:
         if split_layout and p[0] in SPLITS and len(p) >= 3:
             found.append(File(p[0], p[1], "/".join(p[2:]), os.path.join(root, *p), size))
         elif not split_layout and len(p) >= 2:
             found.append(File("", p[0], "/".join(p[1:]), os.path.join(root, *p), size))
+        else:
+            outside.append("/".join(p))
     if not found:
         raise UserError(
             f"data.root: no images in class folders under {root}; lay them out as {root}/<class>/<image> "
@@ -71,7 +96,32 @@ def find_files(root: str, rels: Sequence[tuple[str, int]]) -> list[File]:
             f"data.root: one class folder ({classes[0]!r}) under {root}; a classifier needs two or more: "
             f"put each class's images in a folder of its own, {root}/<class>/<image>"
         )
-    return sorted(found, key=lambda f: (f.split, f.cls, f.name))
+    return sorted(found, key=lambda f: (f.split, f.cls, f.name)), _passed_over(hidden_entries, not_images, outside)
+
+
+def _passed_over(hidden_entries: dict[str, int], not_images: list[str], outside: list[str]) -> str:
+    """One line: the hidden entries by name, the rest counted with the first few named."""
+    said = [
+        f"{name} (hidden{f', {_count(n)}' if name.endswith('/') else ''})"
+        for name, n in sorted(hidden_entries.items())[:SHOWN]
+    ]
+    if len(hidden_entries) > SHOWN:
+        said.append(f"{len(hidden_entries) - SHOWN} more hidden")
+    if not_images:
+        said.append(f"{_files(not_images)} that {'is' if len(not_images) == 1 else 'are'} not images")
+    if outside:
+        said.append(f"{_files(outside)} outside the class folders")
+    return f"data: passed over {', '.join(said)}" if said else ""
+
+
+def _files(names: list[str]) -> str:
+    """ "3 files (a, b, c, ...)": how many, the first few named."""
+    shown = ", ".join(names[:SHOWN]) + (", ..." if len(names) > SHOWN else "")
+    return f"{_count(len(names))} ({shown})"
+
+
+def _count(n: int) -> str:
+    return f"{n} file{'' if n == 1 else 's'}"
 
 
 def memory_available() -> int | None:
@@ -150,7 +200,9 @@ def load(root: str, seed: int, options: Options) -> Loaded:
         synced = cache.sync(root, options.cache)
         base, listed = synced.dir, synced.files
         notes.append(synced.note())
-    files = find_files(base, [(rel, size) for rel, size, _ in listed])
+    files, passed_over = find_files(base, [(rel, size) for rel, size, _ in listed])
+    if passed_over:
+        notes.append(passed_over)
     assert options.image_size is not None  # the spec requires it for this data set
     shape = (options.channels, *options.image_size)
     check_memory(len(files), shape, memory_available())
@@ -189,12 +241,21 @@ def load(root: str, seed: int, options: Options) -> Loaded:
     if any(f.split for f in files):
         val = split("val")
         train, test = split("train"), split("test")
+        if not len(test):  # every file of test/ unreadable
+            raise UserError(
+                f"data: the test split of {root} is empty (no readable image under {root}/test): add images there"
+            )
         return Loaded(train, test, val if len(val) else None, tuple(train_classes), print_, tuple(notes))
     whole = split("")
     order = torch.randperm(len(whole), generator=torch.Generator().manual_seed(seed))
     n_test = round(len(whole) * options.test_fraction)
     if n_test >= len(whole):
         raise UserError(f"data.test_fraction: {options.test_fraction} of {len(whole)} images leaves none to train on")
+    if n_test == 0:  # the run would train, then have no test_acc to end on
+        raise UserError(
+            f"data: the test split of {root} is empty ({len(whole)} images, data.test_fraction "
+            f"{options.test_fraction}): add images or raise data.test_fraction"
+        )
     test_idx, train_idx = order[:n_test], order[n_test:]
     train, test = Split(whole.x[train_idx], whole.y[train_idx]), Split(whole.x[test_idx], whole.y[test_idx])
     return Loaded(train, test, None, tuple(train_classes), print_, tuple(notes))

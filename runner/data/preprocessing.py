@@ -1,4 +1,5 @@
-"""What a model is fed: the input shape, the classes, and the per-channel normalisation.
+"""What a model is fed: the input shape, the classes, the per-channel normalisation, and how a
+picture is framed in the input (as the training data were).
 
 Both sides import this: training normalises each batch with it, and whatever uses a
 trained model (eval, predict, export, a server) feeds pixels through the very same
@@ -26,6 +27,10 @@ class Preprocessing:
     classes: tuple[str, ...]  # class names, by label index
     mean: tuple[float, ...]  # per channel, on the 0..1 pixel scale
     std: tuple[float, ...]
+    # How a picture is framed in the input's H x W, as the training data were (data/pixels.FRAMINGS):
+    # "fit" the whole picture; "mnist" its ink in a centred 20/28 box. A run recorded before
+    # framing was: "fit", as everything was then fed.
+    framing: str = "fit"
 
     @property
     def light_on_dark(self) -> bool:
@@ -40,6 +45,7 @@ class Preprocessing:
             "classes": list(self.classes),
             "mean": list(self.mean),
             "std": list(self.std),
+            "framing": self.framing,
         }
 
     @classmethod
@@ -56,11 +62,17 @@ class Preprocessing:
             tuple(str(c) for c in value("classes")),
             tuple(float(m) for m in value("mean")),
             tuple(float(s) for s in value("std")),
+            _text(d.get("framing", "fit")),
         )
 
     def to_metadata(self) -> dict[str, str]:
         """As safetensors metadata (str -> str): each value JSON."""
         return {key: strict_json.dumps(value) for key, value in self.to_dict().items()}
+
+
+def _text(v: str) -> str:
+    """A string as to_dict() gives it, or as metadata holds it (a JSON string: quoted)."""
+    return str(json.loads(v)) if v.startswith('"') else v
 
 
 def normalisation(mean: Sequence[float], std: Sequence[float], device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:

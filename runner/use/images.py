@@ -1,8 +1,8 @@
 """Image files as a model's input: any size, colour or grey, light or dark ground.
 
-What `runner predict` feeds a trained model: decoded with Pillow, turned upright,
-transparency flattened, converted to the model's channels, fitted into its input
-size, and inverted when the model learnt light strokes on a dark ground (MNIST and
+What `runner predict` feeds a trained model: decoded with Pillow, turned upright, every
+bit depth scaled to 8 bits, transparency flattened, converted to the model's channels,
+framed in its input size as the training data were (data/pixels.py), and inverted when the model learnt light strokes on a dark ground (MNIST and
 the like) but the image is dark ink on paper.
 """
 

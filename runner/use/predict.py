@@ -1,7 +1,7 @@
 """Classifying image files with a run's model: the top classes, with probabilities.
 
 The images become the model's input as use/images.py says (upright, transparency
-flattened, fitted into the input size, inverted when the model learnt light strokes
+flattened, framed in the input size as the training data were, inverted when the model learnt light strokes
 on a dark ground), then go through the model in one batch.
 """
 
@@ -37,7 +37,8 @@ class Prediction:
 def prepare(trained: Trained, image: Image.Image, invert: str = "auto") -> tuple[torch.Tensor, bool]:
     """An image as `trained`'s input: uint8 pixels (C, H, W), and whether it was inverted.
     The one path from an image to the model, for `runner predict` and `runner serve` alike."""
-    return images_.to_pixels(image, trained.input_shape, invert, trained.preprocessing.light_on_dark)
+    pre = trained.preprocessing
+    return images_.to_pixels(image, trained.input_shape, invert, pre.light_on_dark, pre.framing)
 
 
 def top_classes(classes: Sequence[str], probabilities: torch.Tensor, top: int) -> list[list[tuple[str, float]]]:

@@ -11,6 +11,8 @@ import re
 import shutil
 from pathlib import Path
 
+import pytest
+
 from runner import storage
 from runner.rundir import summary
 from runner.rundir.layout import RunDir
@@ -121,3 +123,43 @@ def test_a_data_root_in_a_bucket_that_does_not_exist_is_one_line_and_writes_noth
     assert (result.returncode, result.stderr.count("\n")) == (2, 1), result.stderr
     assert f"data.root: bucket '{missing[5:].split('/')[0]}' of '{missing}' does not exist" in result.stderr
     assert not (tmp_path / "r").exists() and not (tmp_path / "cache").exists()
+
+
+# (images per class, overrides, what the one line must say): a split that would come out empty.
+EMPTY = {
+    "test": (2, ["--set=data.test_fraction=0.02", "--set=data.val_fraction=0"],
+             "data: the test split of images is empty (20 images, data.test_fraction 0.02): add images or raise "
+             "data.test_fraction"),
+    "validation": (2, ["--set=data.val_fraction=0.01"],
+                   "data: the validation split of images is empty (16 training images, data.val_fraction 0.01): add "
+                   "images, raise data.val_fraction, or set it to 0 to train without one"),
+    "a class's training images": (1, ["--set=data.test_fraction=0.3", "--set=data.val_fraction=0"],
+                                  "class(es) of images have no training image after the split: "),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("empty", EMPTY)
+def test_a_split_that_comes_out_empty_is_refused_before_anything_is_written(tmp_path: Path, empty: str) -> None:
+    per_class, sets, expected = EMPTY[empty]
+    write_digit_folder(tmp_path / "images", per_class=per_class, corrupt=False)
+    result = runner_cli(
+        "submit", str(JOBS / "digits.toml"), *SPEC, *FOLDER, "--set=data.root=images", *sets, cwd=tmp_path
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]  # no run directory, nothing else
+
+
+def test_no_validation_split_asked_for_is_null_in_the_metrics(tmp_path: Path) -> None:
+    """data.val_fraction = 0 is legitimate: every epoch's val_loss and val_acc are null (strict JSON)."""
+    write_digit_folder(tmp_path / "images", per_class=3, corrupt=False)
+    result = runner_cli(
+        "submit", str(JOBS / "digits.toml"), *SPEC, *FOLDER, "--set=data.root=images", "--set=data.val_fraction=0",
+        "--set=epochs=1", "--set=checkpoint.dir=run", "--quiet", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["val_loss"] is None and records[0]["val_acc"] is None and records[-1]["test_acc"] is not None
+    assert "NaN" not in (tmp_path / "run" / "metrics.jsonl").read_text()

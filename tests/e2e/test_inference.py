@@ -178,6 +178,32 @@ def test_predict_command_classifies_photos_of_ink_on_paper(runs: dict[str, Path]
     assert lines[1].startswith(f"{images[0]}   ") and len(lines[1].split()) == 1 + 2 * 3
 
 
+def test_predict_frames_a_small_digit_on_a_big_page_as_the_data_frame_theirs(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Test digits written small in a corner of a page: framed as the digits data were (the ink in
+    a centred 20x20 box, the run's Preprocessing.framing), read about as well as the data; fitted
+    whole into 28x28 (a digit a few pixels high, off-centre), barely at all."""
+    from runner.use.predict import probabilities
+
+    trained = load_trained(open_run(str(runs["resumed"])))
+    assert trained.preprocessing.framing == "mnist"
+    x, y = _digits(20)
+    paths = []
+    for i, digit in enumerate(x[:, 0].numpy()):
+        page = Image.new("L", (400, 300), 250)
+        page.paste(Image.fromarray(255 - digit).resize((84, 84), Image.Resampling.BILINEAR), (30 + 7 * i, 20))
+        paths.append(str(tmp_path / f"small-{i}.png"))
+        page.save(paths[-1])
+    labels = [str(int(label)) for label in y]
+    framed = predict(trained, paths)
+    right = sum(p.top[0][0] == label for p, label in zip(framed, labels, strict=True))
+    assert right >= 15, right
+    fitted = torch.stack([images.to_pixels(images.read_image(p), (1, 28, 28), "auto", True, "fit")[0] for p in paths])
+    wrong_frame = [trained.classes[i] for i in probabilities(trained, fitted).argmax(1).tolist()]
+    assert sum(c == label for c, label in zip(wrong_frame, labels, strict=True)) < right - 5
+
+
 def test_predict_with_a_killed_runs_checkpoint_and_a_bucket_runs_weights(
     runs: dict[str, Path], tmp_path: Path, bucket: str
 ) -> None:

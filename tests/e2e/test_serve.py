@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import shutil
 import signal
@@ -51,6 +52,14 @@ def bomb_png(width: int, height: int) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
     )
+
+
+def complete_png(width: int, height: int) -> bytes:
+    """A whole, valid 1-bit PNG of width x height (12 KB at 5000x5000): it decodes, so only the
+    pixel limit refuses it (bomb_png's data is cut short, so decoding it fails anyway)."""
+    buffer = io.BytesIO()
+    Image.new("1", (width, height), 1).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +137,22 @@ def test_pixels_at_the_input_shape_and_concurrent_requests_batched(served: Serve
     assert after["batches"] - before["batches"] < 64  # concurrent requests shared forward passes
 
 
+def test_a_16_bit_png_is_answered_as_its_8_bit_twin_by_serve_and_predict(
+    served: Server, files: list[Path], trained_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """16-bit grey (257 x each value) was clipped to mostly white by Pillow's convert("L")."""
+    import numpy as np
+
+    eight = np.asarray(Image.open(files[0]).convert("L"))
+    deep = tmp_path / "deep.png"
+    Image.fromarray(eight.astype(np.uint16) * 257).save(deep)
+    assert Image.open(deep).mode == "I;16"
+    twin, sixteen = (post(served, path.read_bytes(), "image/png", "?top=10").json() for path in (files[0], deep))
+    assert sixteen["predictions"][0]["top"] == twin["predictions"][0]["top"]
+    cli = runner_cli("predict", str(trained_runs["finished"]), str(deep), "--top", "10", "--json", cwd=tmp_path)
+    assert cli.returncode == 0 and json.loads(cli.stdout)["predictions"][0]["top"] == twin["predictions"][0]["top"]
+
+
 def test_model_health_readiness_and_page(served: Server, trained_runs: dict[str, Path]) -> None:
     model = httpx.get(f"{served.url}/v1/model").json()
     metrics = [json.loads(line) for line in (trained_runs["finished"] / "metrics.jsonl").read_text().splitlines()]
@@ -156,6 +181,7 @@ BAD = {
     "ragged pixels": (b'{"pixels": [[[0, 1], [2]]]}', "application/json", "", 422, "not a rectangular array"),
     "pixels out of range": (json.dumps({"pixels": [[[300] * 28] * 28]}).encode(), "application/json", "", 422, "0..255"),
     "huge dimensions": (bomb_png(5000, 5000), "image/png", "", 413, "5000x5000 pixels, more than the 16,777,216"),
+    "complete png over the limit": (complete_png(5000, 5000), "image/png", "", 413, "5000x5000 pixels, more than"),
     "decompression bomb": (bomb_png(50_000, 50_000), "image/png", "", 413, "could be decompression bomb"),
     "body too large": (b"\0" * (5 * 1024 * 1024), "image/png", "", 413, "more than the 4,194,304 bytes"),
     "too many images": (json.dumps({"images": ["aGVsbG8="] * 65}).encode(), "application/json", "", 413, "65 images"),

@@ -59,14 +59,47 @@ def test_a_split_layout_is_used_as_given(tmp_path: Path) -> None:
 
 
 def test_layouts_found_and_refused() -> None:
-    single = find_files("r", [("a/1.png", 3), ("b/x/2.JPG", 4), ("notes.txt", 1), ("a/.DS_Store.png", 1)])
+    single, passed = find_files("r", [("a/1.png", 3), ("b/x/2.JPG", 4), ("notes.txt", 1), ("a/.DS_Store.png", 1)])
     assert [(f.split, f.cls, f.name) for f in single] == [("", "a", "1.png"), ("", "b", "x/2.JPG")]
-    split = find_files("r", [("train/a/1.png", 3), ("test/a/2.png", 3), ("train/b/3.png", 3), ("README.png", 1)])
+    assert passed == "data: passed over a/.DS_Store.png (hidden), 1 file (notes.txt) that is not images"
+    split, passed = find_files(
+        "r", [("train/a/1.png", 3), ("test/a/2.png", 3), ("train/b/3.png", 3), ("README.png", 1)]
+    )
     assert [(f.split, f.cls) for f in split] == [("test", "a"), ("train", "a"), ("train", "b")]
+    assert passed == "data: passed over 1 file (README.png) outside the class folders"
+    assert find_files("r", [("a/1.png", 3), ("b/2.png", 3)])[1] == ""
     with pytest.raises(UserError, match="no images in class folders under r; lay them out as r/<class>/<image>"):
         find_files("r", [("1.png", 3), ("a/readme.md", 2)])
     with pytest.raises(UserError, match="one class folder \\('a'\\) under r; a classifier needs two or more"):
         find_files("r", [("a/1.png", 3), ("a/2.png", 3), ("b/notes.txt", 1)])
+
+
+def test_hidden_folders_and_files_are_neither_classes_nor_samples(tmp_path: Path) -> None:
+    """What Jupyter/Colab (.ipynb_checkpoints), macOS (.DS_Store, a zip's __MACOSX) and Windows
+    (Thumbs.db) leave in a folder of images: passed over, and said so in one line."""
+    write_digit_folder(tmp_path, per_class=2, corrupt=False)
+    seven = next((tmp_path / "seven").iterdir())
+    litter = {
+        ".ipynb_checkpoints/0000-checkpoint.png": seven.read_bytes(),  # a class, before
+        "__MACOSX/seven/._0000.png": seven.read_bytes(),  # a class, before
+        "seven/.ipynb_checkpoints/0000-checkpoint.png": seven.read_bytes(),  # a sample of seven, before
+        ".DS_Store": b"\0\0\0\1Bud1",
+        "seven/Thumbs.db": b"\xd0\xcf",
+        "notes.txt": b"digits",
+    }
+    for name, data in litter.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    loaded = load(str(tmp_path), 0, OPTIONS)
+    assert loaded.classes == tuple(sorted(NAMES))
+    assert len(loaded.train) + len(loaded.test) == 20 and loaded.fingerprint.samples == 20
+    assert loaded.notes == (
+        "data: passed over .DS_Store (hidden), .ipynb_checkpoints/ (hidden, 1 file), __MACOSX/ (hidden, 1 file), "
+        "1 more hidden, 2 files (notes.txt, seven/Thumbs.db) that are not images",
+    )
+    clean = tmp_path.parent / f"{tmp_path.name}-clean"
+    write_digit_folder(clean, per_class=2, corrupt=False)
+    assert torch.equal(load(str(clean), 0, OPTIONS).train.x, loaded.train.x)  # as if the litter were not there
 
 
 def test_the_memory_check_names_the_size_and_what_to_change() -> None:
