@@ -117,10 +117,12 @@ class TrainState:
         One host sync: for a save, never per step. A non-finite step makes the running loss
         sum non-finite, so a loss that blew up anywhere in the epoch is caught here.
         """
+        # The epoch of the last step: once an epoch is done (batch 0 of the next), the one before.
+        epoch = self.epoch - 1 if self.batch == 0 and self.step > 0 else self.epoch
         if not torch.isfinite(self.running.loss):
-            raise Diverged(self.step, self.epoch, "the training loss is not finite")
+            raise Diverged(self.step, epoch, "the training loss is not finite")
         if not torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all():
-            raise Diverged(self.step, self.epoch, "the weights are not finite")
+            raise Diverged(self.step, epoch, "the weights are not finite")
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -206,7 +208,10 @@ class Trainer:
         while s.epoch < self.cfg.epochs:
             order = epoch_order(n, self.cfg.seed, s.epoch).to(self.device)
             events.epoch_start(s.epoch, s.batch, self.batches)
-            started, samples = time.perf_counter(), 0
+            # Timed from the end of the epoch's first step: start-up (a resume's first batch, a
+            # compile, the first allocations) would otherwise count against one batch.
+            started: float | None = None
+            samples = 0
             while s.batch < self.batches:
                 if stop():
                     return False
@@ -223,10 +228,13 @@ class Trainer:
                     self._step(x, self.train.y.index_select(0, mine), len(idx))
                 s.batch += 1
                 s.step += 1
-                samples += len(idx)
+                if started is None:
+                    started = self._synchronized_clock()
+                else:
+                    samples += len(idx)
                 events.step(s.batch, s.running)
             train_loss, train_acc = s.running.means()  # synchronises: the timing is honest
-            elapsed = time.perf_counter() - started
+            elapsed = time.perf_counter() - (started or 0.0)
             if not math.isfinite(train_loss):  # before this epoch's record and its checkpoint
                 raise Diverged(s.step, s.epoch, f"the training loss is {train_loss}")
             # Preemption can come during evaluation too: stop there, and the resumed run
@@ -249,6 +257,13 @@ class Trainer:
             s.running = Running(self.device)
             events.epoch_end(record)
         return True
+
+    def _synchronized_clock(self) -> float:
+        """perf_counter() once the device has done what was queued (once an epoch: on a GPU
+        a step returns before its kernels have run)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     def lr(self, step: int) -> float:
         """The learning rate of step `step` in this run (see `learning_rate`)."""

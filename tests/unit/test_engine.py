@@ -314,3 +314,36 @@ def test_the_processes_of_a_group_train_on_shares_of_the_same_global_batches_as_
         assert n == n0 == n1 == len(x), step  # every rank scales by the global batch's size
         assert len(x0) - len(x1) == len(x) % 2, step  # tensor_split: the first share is the longer
         assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y), step
+
+
+def test_samples_per_second_leave_out_the_epochs_first_step() -> None:
+    """A resume's first batch (or a compile) took seconds once; it is not the epoch's speed."""
+    import time
+
+    t, slow_s = trainer("epochs=1"), 1.5
+    forward, calls = t.forward, []
+
+    def slow_first(x: torch.Tensor) -> torch.Tensor:
+        calls.append(None)
+        if len(calls) == 1:
+            time.sleep(slow_s)
+        return forward(x)
+
+    t.forward = slow_first  # type: ignore[method-assign]
+    started = time.perf_counter()
+    assert t.fit(Listener())
+    total_s = time.perf_counter() - started  # the sleep, the steps, the evaluation
+    timed = len(t.train) - 64  # all but the first global batch (batch_size 64)
+    # Counting the first step would give at most len(train) / total_s.
+    assert t.state.history[0]["samples_per_s"] > 0.95 * timed / (total_s - slow_s)
+
+
+def test_a_run_that_diverges_on_its_last_step_names_that_steps_epoch() -> None:
+    from runner.errors import Diverged
+
+    t = trainer("epochs=1")
+    assert t.fit(Listener())
+    with torch.no_grad():
+        next(t.state.model.parameters()).fill_(float("nan"))
+    with pytest.raises(Diverged, match=rf"the weights are not finite at step {t.batches} \(epoch 1\)"):
+        t.state.check_finite()
