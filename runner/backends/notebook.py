@@ -122,8 +122,12 @@ def runner(*args):
     it politely and waits for its checkpoint, so a re-run never finds the old one still training.
     \"\"\"
     kernel = os.getpid()
+    # Plain text: Colab's environment forces colour (FORCE_COLOR and kin), and a cell's output
+    # would show the escape codes as text.
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "CLICOLOR_FORCE", "PY_COLORS")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "runner", *args],
+        env={**env, "NO_COLOR": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

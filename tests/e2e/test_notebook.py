@@ -45,7 +45,8 @@ def with_parameters(path: Path, checkpoints: str, source: Path = NOTEBOOK, sets:
 
 
 def execute(path: Path, cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    # FORCE_COLOR, CLICOLOR_FORCE: as Colab's kernels have them. A cell's output is not a terminal.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "FORCE_COLOR": "1", "CLICOLOR_FORCE": "1"}
     command = [sys.executable, "-c", EXECUTE, str(path), str(cwd)]
     return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
