@@ -98,6 +98,7 @@ def test_a_disconnect_mid_training_then_running_the_notebook_again_resumes_bitwi
     assert "not on Colab: no sign-in here" in printed["where"], printed["where"]
     assert "done: test_acc" in printed["train"] and "accuracy" in printed["eval"], printed
     assert "sample.png" in printed["predict"], printed["predict"]
+    assert not any("\x1b[" in text for text in printed.values()), printed  # no escape codes as text
     import fsspec
     from safetensors.torch import load
 
