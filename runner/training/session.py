@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from runner.rundir.checkpoints import Entry
     from runner.rundir.writer import CheckpointWriter
     from runner.training.checkpointer import Checkpointer
-    from runner.training.engine import Trainer
+    from runner.training.engine import Trainer, TrainState
     from runner.training.signals import Preemption
 
 
@@ -268,8 +268,6 @@ class Session:
                         raise
                     self._save_what_is_left(checkpointer, state.step)
                     raise lost from None
-            if test is not None:  # a stop from here on waits for the final saves, never cuts them short
-                preempted.nothing_to_save = lambda: False
             if test is None:
                 grace = spec.resources.grace_seconds
                 started = preempted.at if preempted.at is not None else time.monotonic()
@@ -277,7 +275,8 @@ class Session:
                 code = self._emergency_save(checkpointer, state.step, preempted.signum, started + grace - SAVE_MARGIN_S)
                 self._flush_metrics()  # after the checkpoint, which comes first in a grace period
                 return code
-            unsaved = self._final_save(checkpointer, state.step)
+            preempted.nothing_to_save = lambda: False  # a stop from here on waits for the final saves
+            unsaved = self._final_save(checkpointer, state)
             test_loss, test_acc = test
             final = {"epoch": state.epoch, "step": state.step, "test_loss": test_loss, "test_acc": test_acc}
             board.end(final)
@@ -307,14 +306,15 @@ class Session:
             self.say(f"warning: {warning}")
         return Exit.OK
 
-    def _final_save(self, checkpointer: Checkpointer, step: int) -> RunFailed | None:
-        """The final checkpoint (what a larger `epochs` resumes from), retried; the error if it
-        could not be saved (a full disk, once retention freed what it may), else None."""
+    def _final_save(self, checkpointer: Checkpointer, state: TrainState) -> RunFailed | None:
+        """The final checkpoint (what a larger `epochs` resumes from), retried; the error if it could not be saved
+        (a full disk, once retention freed what it may), else None. Diverged (raised) writes neither."""
         from runner.rundir.writer import Fenced
 
         try:
-            checkpointer.save_now(step, attempts=4)
-        except Fenced:
+            state.check_finite()  # also when the epoch's save, taken earlier, holds this step
+            checkpointer.save_now(state.step, attempts=4)
+        except (Fenced, Diverged):  # a diverged state is no result to keep, and not a full disk
             raise
         except RunFailed as e:
             return e

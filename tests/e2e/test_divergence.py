@@ -105,3 +105,30 @@ def test_what_runner_writes_as_json_has_null_for_a_number_that_is_not_finite(tmp
         "last_epoch": {"val_loss": None},
         "rows": [1.0, None],
     }
+
+
+def test_weights_non_finite_after_the_last_step_while_the_loss_was_finite_end_3_with_nothing_written(
+    tmp_path: Path,
+) -> None:
+    """The check of the weights themselves (not the loss's) at the final save: exit 3, no
+    final weights, no final checkpoint over the last finite one."""
+    overrides = ["device=cpu", "threads=1", "epochs=1", "model=mlp", "model_options={}", "checkpoint.every_steps=5"]
+    spec = load_spec(str(JOBS / "digits.toml"), [*overrides, f"checkpoint.dir={tmp_path / 'run'}"])
+    step = Listeners.step
+
+    def poisoned(listeners: Listeners, batch: int, running: object) -> None:
+        step(listeners, batch, running)
+        state = next(x for x in listeners.listeners if hasattr(x, "state")).state
+        if state.step == 21:  # the last step: its loss, and the epoch's, were finite
+            torch.nn.init.constant_(next(iter(state.model.parameters())), math.nan)
+
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Listeners, "step", poisoned)
+        code = session.run(spec, Console(file=out, width=10_000), quiet=True)
+    assert code == 3, out.getvalue()
+    assert "diverged: the weights are not finite at step 21 (epoch 1)" in out.getvalue(), out.getvalue()
+    assert not (tmp_path / "run" / "final").exists()
+    index = RunDir(str(tmp_path / "run")).checkpoint_index()
+    newest = index.refresh()[0]
+    assert newest.step == 20 and all(torch.isfinite(w).all() for w in index.load(newest)["state"]["model"].values())

@@ -447,3 +447,33 @@ def test_a_full_disk_is_named_as_such() -> None:
     assert isinstance(error, RunFailed) and str(error).startswith("checkpoint.dir: no space left on runs/x")
     assert storage.out_of_space(OSError(errno.EDQUOT, "Disk quota exceeded"))
     assert not storage.out_of_space(OSError(errno.EIO, "Input/output error"))
+
+
+def test_without_hard_links_two_writers_racing_for_one_commit_record_cannot_both_win(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """link(2) fails as it does on a FUSE mount (EPERM): the create-only write falls back to
+    O_EXCL, and the writer that comes second is refused, its record never over the first's."""
+    import errno
+
+    def no_hard_links(src: str, dst: str) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    record = str(tmp_path / "commits" / "0000000009.json")
+    storage.write_bytes(record, b"attempt B's claim", create_only=True)
+    with pytest.raises(storage.AlreadyExists):
+        storage.write_bytes(record, b"attempt A's commit", create_only=True)
+    assert Path(record).read_bytes() == b"attempt B's claim"
+    # And through the checkpoint writer: two writers of one run, one claim each.
+    run = str(tmp_path / "run")
+    a, b = RunDir(run).checkpoint_writer(3), RunDir(run).checkpoint_writer(3)
+    a.refresh()
+    b.refresh()
+    a.claim(None)
+    with pytest.raises(storage.AlreadyExists):
+        b.claim(None)
+    b.refresh()
+    b.claim(None)
+    with pytest.raises(Fenced):
+        commit(a, 1)
