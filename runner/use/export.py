@@ -36,10 +36,9 @@ def export(trained: Trained, fmt: str, url: str) -> int:
 
 
 def to_safetensors(trained: Trained) -> bytes:
-    from safetensors.torch import save
+    from runner import safetensors_file
 
-    weights = {k: v.detach().cpu().contiguous() for k, v in trained.model.net.state_dict().items()}
-    return save(weights, metadata=trained.metadata)
+    return safetensors_file.dumps(trained.model.net.state_dict(), trained.metadata)
 
 
 def to_torchscript(trained: Trained) -> bytes:
