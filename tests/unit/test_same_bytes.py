@@ -3,6 +3,7 @@ not on a hash seed, a key order, the clock or the umask (issue 23, item 9)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from runner import safetensors_file
+from runner.backends.image import stage
 from runner.rundir.layout import FINAL_WEIGHTS, RunDir
 from tests.helpers import REPO
 
@@ -70,3 +72,27 @@ def test_canonical_is_idempotent_and_keeps_the_tensors() -> None:
     tensors, metadata = safetensors_file.loads(data)
     assert metadata == METADATA and all(torch.equal(tensors[k], WEIGHTS[k]) for k in WEIGHTS)
     assert safetensors_file.metadata(safetensors_file.dumps(WEIGHTS)) == {}  # no metadata: none written
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int, str]]:
+    return {
+        p.relative_to(root).as_posix(): (
+            p.stat().st_mtime_ns,
+            p.stat().st_mode,
+            hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "",
+        )
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def test_a_staged_build_context_is_the_same_tree_whenever_and_with_whatever_umask(tmp_path: Path) -> None:
+    # docker build tars the context folder with each file's mtime and mode, and COPY keeps both
+    # in the layer: a context staged now and one staged later must not differ in either.
+    files = {"pyproject.toml": b"[project]\n", "runner/__init__.py": b"", "runner/cli/app.py": b"x = 1\n"}
+    old = os.umask(0o077)
+    try:
+        stage(files, tmp_path / "a")
+    finally:
+        os.umask(old)
+    stage(dict(reversed(files.items())), tmp_path / "b")
+    assert _tree(tmp_path / "a") == _tree(tmp_path / "b")
