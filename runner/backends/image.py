@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 CONTEXT = ("pyproject.toml", "README.md", "docker/Dockerfile", "runner")
 CODE = "code"  # the context's folder of the spec's code, copied to IMAGE_CODE_DIR
 IMAGE_CODE_DIR = "/opt/runner/code"
+# The staged context's one modification time: 1980-01-02 UTC, a date zip (the wheel pip builds
+# in the image) can hold in every time zone.
+STAGED_MTIME = 315_619_200
 
 
 def source_root() -> Path | None:
@@ -50,11 +53,20 @@ def context_files(root: Path, code: Sequence[str] = ()) -> dict[str, bytes]:
 
 
 def stage(files: dict[str, bytes], into: Path) -> None:
-    """Write the build context `files` into the folder `into` (code/ even when empty)."""
+    """Write the build context `files` into the folder `into` (code/ even when empty), each
+    file and folder with a fixed mode and modification time: the builder tars the folder
+    with both, and COPY keeps them in the layer, so the same files give the same layers
+    whenever they were staged and whatever the umask."""
+    import os
+
     (into / CODE).mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
+    for name in sorted(files):
         (into / name).parent.mkdir(parents=True, exist_ok=True)
-        (into / name).write_bytes(data)
+        (into / name).write_bytes(files[name])
+    # Deepest first: writing into a folder changes its time, so each folder's is set after its content's.
+    for path in sorted(into.rglob("*"), key=lambda p: len(p.parts), reverse=True) + [into]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+        os.utime(path, (STAGED_MTIME, STAGED_MTIME))
 
 
 def in_image(spec: JobSpec) -> JobSpec:

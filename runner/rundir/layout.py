@@ -22,7 +22,7 @@ import tomllib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from runner import __version__, storage, strict_json
+from runner import __version__, safetensors_file, storage, strict_json
 from runner.errors import UserError
 
 if TYPE_CHECKING:
@@ -134,19 +134,11 @@ class RunDir:
 
     def read_final(self) -> tuple[dict[str, Any], dict[str, str]]:
         """The final weights and their metadata (see `weights_metadata`); FileNotFoundError if none."""
-        from safetensors.torch import load
-
-        data = storage.read_bytes(self.path(FINAL_WEIGHTS))
-        # An 8-byte little-endian header length, then a JSON header whose "__metadata__"
-        # holds the string pairs written with the weights (safetensors.torch.load drops them).
-        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
-        return load(data), header.get("__metadata__", {})
+        return safetensors_file.loads(storage.read_bytes(self.path(FINAL_WEIGHTS)))
 
     def write_final(self, weights: dict[str, Any], metadata: dict[str, str]) -> None:
-        from safetensors.torch import save
-
-        tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
-        storage.write_bytes(self.path(FINAL_WEIGHTS), save(tensors, metadata=metadata))
+        # The same bytes for the same weights and metadata: two equal runs' files checksum equal.
+        storage.write_bytes(self.path(FINAL_WEIGHTS), safetensors_file.dumps(weights, metadata))
 
     # -- the directory as a whole ----------------------------------------------
 

@@ -19,6 +19,7 @@ from runner import strict_json
 from runner.errors import UserError
 
 if TYPE_CHECKING:
+    import onnx
     import torch
 
     from runner.use.trained import Trained
@@ -36,22 +37,33 @@ def export(trained: Trained, fmt: str, url: str) -> int:
 
 
 def to_safetensors(trained: Trained) -> bytes:
-    from safetensors.torch import save
+    from runner import safetensors_file
 
-    weights = {k: v.detach().cpu().contiguous() for k, v in trained.model.net.state_dict().items()}
-    return save(weights, metadata=trained.metadata)
+    return safetensors_file.dumps(trained.model.net.state_dict(), trained.metadata)
 
 
 def to_torchscript(trained: Trained) -> bytes:
-    import torch
+    from concurrent.futures import ThreadPoolExecutor
 
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
+    # The archive's debug tables (code/*.debug_pkl) hold the Python call stack the trace ran
+    # in, down to its first frame: traced on a thread of its own, that stack is the same
+    # whoever calls this (the CLI, a test, a notebook), so the same model gives the same bytes.
+    with warnings.catch_warnings(), ThreadPoolExecutor(1, thread_name_prefix="runner-trace") as pool:
         # torch >= 2.10 deprecates TorchScript for authors in favour of torch.export, but it is
         # what libtorch (C++) and many model servers load; the warning means nothing to a user here.
         warnings.simplefilter("ignore", FutureWarning)
-        traced = torch.jit.trace(trained.model, _example(trained))
-        torch.jit.save(traced, buffer, _extra_files={"runner.json": strict_json.dumps(trained.metadata)})
+        return pool.submit(_trace_and_save, trained).result()
+
+
+def _trace_and_save(trained: Trained) -> bytes:
+    import torch
+
+    buffer = io.BytesIO()
+    traced = torch.jit.trace(trained.model, _example(trained))
+    # Sorted keys: the same metadata gives the same bytes, whatever order a file held it in.
+    # (torch.jit.save is deterministic itself: fixed zip dates, records in a fixed order.)
+    runner_json = strict_json.dumps(trained.metadata, sort_keys=True)
+    torch.jit.save(traced, buffer, _extra_files={"runner.json": runner_json})
     return buffer.getvalue()
 
 
@@ -71,9 +83,24 @@ def to_onnx(trained: Trained) -> bytes:
         verbose=False,  # no progress lines on stdout
     )
     proto = program.model_proto  # a new proto on each access: keep this one
-    onnx.helper.set_model_props(proto, trained.metadata)
+    onnx.helper.set_model_props(proto, dict(sorted(trained.metadata.items())))  # the same bytes for the same metadata
+    _drop_stack_traces(proto)
     onnx.checker.check_model(proto, full_check=True)  # never hand over a model ONNX itself rejects
     return proto.SerializeToString()
+
+
+STACK_TRACE = "pkg.torch.onnx.stack_trace"  # the exporter's note on each node of the Python lines it came from
+
+
+def _drop_stack_traces(proto: onnx.ModelProto) -> None:
+    """Remove each node's stack trace: it names the files of this installation (runner's, the
+    user model's), so the same model exported from two checkouts would differ in its bytes."""
+    nodes = [*proto.graph.node, *(n for f in proto.functions for n in f.node)]
+    for node in nodes:
+        kept = [p for p in node.metadata_props if p.key != STACK_TRACE]
+        if len(kept) != len(node.metadata_props):
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
 
 
 WRITERS = {"safetensors": to_safetensors, "torchscript": to_torchscript, "onnx": to_onnx}

@@ -23,6 +23,7 @@ Curves = tuple[str, list[dict[str, Any]]]  # (the run's name, its metrics record
 
 STYLES = {"train": "-", "val": "--"}
 IMAGE_TYPES = ("png", "svg", "pdf")
+NO_DATES = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}  # savefig metadata: leave the date out
 
 
 def read_curves(run_dir: RunDir) -> Curves:
@@ -87,8 +88,14 @@ def image_type(url: str) -> str:
 
 def save(fig: Figure, url: str) -> None:
     """Write `fig` to `url` (a path or URL) in the image type its suffix names."""
+    from matplotlib import rc_context
+
+    kind = image_type(url)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format=image_type(url), dpi=100)
+    # The same curves, the same bytes: no creation date in an SVG or a PDF, and the SVG's element
+    # ids hashed with a fixed salt (matplotlib salts them with a random one by default).
+    with rc_context({"svg.hashsalt": "runner"}):
+        fig.savefig(buffer, format=kind, dpi=100, metadata=NO_DATES.get(kind))
     storage.write_output(url, buffer.getvalue())
 
 

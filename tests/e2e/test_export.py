@@ -3,6 +3,8 @@ PyTorch model does, for final weights, a killed run's checkpoint, and a run in a
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from runner.rundir.layout import open_run
 from runner.use import export as exports
 from runner.use.trained import load_trained
 from tests.conftest import STEPS_PER_EPOCH
-from tests.helpers import read_weights, runner_cli, same_tensors, upload
+from tests.helpers import REPO, read_weights, runner_cli, same_tensors, upload
 
 # torch deprecates TorchScript for new code; loading it back is what this test is for.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
@@ -102,6 +104,24 @@ def test_export_command_from_a_bucket(runs: dict[str, Path], bucket: str, tmp_pa
     from safetensors.torch import load
 
     assert same_tensors(load(storage.read_bytes(older)), read_weights(runs["finished"] / "final" / "model.safetensors"))
+
+
+def test_every_format_is_the_same_bytes_whatever_order_its_metadata_came_in(runs: dict[str, Path]) -> None:
+    # Files written before safetensors_file held their metadata in a random order; a checkpoint's
+    # is built from its spec. Either way the same model and metadata export to the same bytes.
+    import zipfile
+
+    trained = load_trained(open_run(str(runs["finished"])))
+    shuffled = dataclasses.replace(trained, metadata=dict(reversed(trained.metadata.items())))
+    assert exports.to_safetensors(trained) == exports.to_safetensors(shuffled)
+    onnx = exports.to_onnx(trained)
+    assert onnx == exports.to_onnx(shuffled)
+    # TorchScript numbers its classes per process (___torch_mangle_N): a second trace in one process
+    # differs there, so compare what the metadata goes into (`runner export` is a process of its own).
+    extras = [zipfile.ZipFile(io.BytesIO(exports.to_torchscript(t))) for t in (trained, shuffled)]
+    assert len({z.read(next(n for n in z.namelist() if n.endswith("/extra/runner.json"))) for z in extras}) == 1
+    # ONNX: no stack traces naming this checkout's files (the same model from another checkout, the same bytes).
+    assert str(REPO).encode() not in onnx and exports.STACK_TRACE.encode() not in onnx
 
 
 def test_onnx_without_its_packages_names_the_extra_to_install() -> None:

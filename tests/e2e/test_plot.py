@@ -75,3 +75,15 @@ def test_a_run_without_metrics_yet_and_a_file_that_is_not_an_image(runs: dict[st
     with pytest.raises(UserError, match=r"-o curves.txt: name an image file ending in .png, .svg, .pdf"):
         plots.plot_runs([open_run(str(runs["finished"]))], "curves.txt")
     assert not (tmp_path / "curves.png").exists()
+
+
+@pytest.mark.parametrize("kind", ["png", "svg", "pdf"])
+def test_the_same_runs_plot_to_the_same_bytes(runs: dict[str, Path], tmp_path: Path, kind: str) -> None:
+    import time
+
+    written = []
+    for name in ("a", "b"):
+        plots.plot_runs([open_run(str(runs["finished"]))], str(tmp_path / f"{name}.{kind}"))
+        written.append((tmp_path / f"{name}.{kind}").read_bytes())
+        time.sleep(1.1)  # a PDF's creation date counts seconds
+    assert written[0] == written[1]  # no dates, no random SVG ids
