@@ -477,3 +477,34 @@ def test_without_hard_links_two_writers_racing_for_one_commit_record_cannot_both
     b.claim(None)
     with pytest.raises(Fenced):
         commit(a, 1)
+
+
+def test_a_full_disk_frees_what_retention_may_and_never_the_checkpoint_resumed_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC on an upload (h2o-llmstudio #214): every checkpoint but the newest and the pinned
+    one goes, committed first; the upload is tried once more and commits."""
+    import errno
+
+    run = str(tmp_path / "run")
+    first = fresh_store(run, keep=5)
+    commit(first, 1)
+    resumed = RunDir(run).checkpoint_writer(5)
+    resumed.refresh()
+    _, pinned = resumed.newest_valid(print)
+    resumed.claim(pinned.file)
+    for step in (2, 3, 4):
+        commit(resumed, step)
+    write, full = storage.write_bytes, [True]
+
+    def a_full_disk_once(url: str, data: bytes, create_only: bool = False) -> None:
+        if url.endswith(".pt") and full:
+            full.pop()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(url, data, create_only)
+
+    monkeypatch.setattr(storage, "write_bytes", a_full_disk_once)
+    commit(resumed, 5)
+    assert [e.step for e in resumed.entries] == [5, 4, 1]  # 2 and 3 freed; 1 is where it resumed from
+    on_disk = sorted(n for n in storage.list_names(resumed.dir) if n.endswith(".pt"))
+    assert on_disk == sorted(e.file for e in resumed.entries)
