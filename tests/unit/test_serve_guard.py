@@ -216,3 +216,17 @@ def test_a_connection_over_the_cap_closes_the_oldest_idle_one_not_itself() -> No
         await asyncio.sleep(0)
 
     asyncio.run(main())
+
+
+def test_request_timeout_sets_the_head_and_body_deadlines(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    from typer.testing import CliRunner
+
+    from runner.cli.main import app
+    from runner.serve import server
+
+    seen: list[Any] = []
+    monkeypatch.setattr(server, "serve", lambda ref, options, note: seen.append(options) or 0)
+    result = CliRunner().invoke(app, ["serve", str(tmp_path), "--request-timeout", "3"])
+    assert result.exit_code == 0, result.output
+    assert (seen[0].guard.head_s, seen[0].guard.body_s, seen[0].guard.max_in_flight) == (3.0, 3.0, 256)
+    assert CliRunner().invoke(app, ["serve", str(tmp_path), "--request-timeout", "0"]).exit_code == 2
