@@ -31,16 +31,27 @@ def serve(
         float, typer.Option("--watch", min=0, help="Seconds between looks for new weights (0: only on SIGHUP).")
     ] = 10.0,
     grace: Annotated[float, typer.Option("--grace", min=0, help="On SIGTERM, seconds requests in flight get.")] = 25.0,
+    request_timeout: Annotated[
+        float,
+        typer.Option(
+            "--request-timeout",
+            min=0.1,
+            help="Seconds a client has to send a request's headers, and its body (plus 1 s per 16 KiB); "
+            "slower ones get 408.",
+        ),
+    ] = 10.0,
 ) -> None:
     """Serve a run's model over HTTP: POST /v1/predict, GET /v1/model, /healthz, /readyz, and a drawing page at /.
 
     Reloads without downtime on SIGHUP and when the run's final weights change; drains on SIGTERM.
     """
+    from runner.serve.guard import Guard
     from runner.serve.models import Batching
     from runner.serve.server import Options, serve
 
     batching = Batching(max_batch, wait_ms / 1000 if max_batch > 1 else 0.0, max_queue)
-    options = Options(host, port, device, threads, batching, watch_s=watch, grace_s=grace)
+    guard = Guard(head_s=request_timeout, body_s=request_timeout)
+    options = Options(host, port, device, threads, batching, watch_s=watch, grace_s=grace, guard=guard)
     code = serve(run, options, note)
     if code:
         raise typer.Exit(code)

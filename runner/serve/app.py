@@ -22,10 +22,11 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from runner.serve import inputs
 from runner.serve.batcher import Overloaded
@@ -62,6 +63,12 @@ def create_app(
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException) -> JSONResponse:
         return error(e.status_code, str(e.detail), dict(e.headers or {}))
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, e: ClientDisconnect) -> Response:
+        # The client left (or guard.py timed it out, answering 408) before its body arrived:
+        # nobody to answer, nothing wrong here. Unhandled, uvicorn logged a traceback for it.
+        return Response(status_code=400)  # uvicorn drops it: the connection is gone
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError) -> JSONResponse:

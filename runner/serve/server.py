@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI
 
 from runner.errors import Exit, UserError
+from runner.serve import guard
 from runner.serve.app import create_app
+from runner.serve.guard import Guard
 from runner.serve.inputs import Limits
 from runner.serve.models import Batching, Models, log
 
@@ -35,7 +37,7 @@ class Options:
     limits: Limits = field(default_factory=Limits)
     watch_s: float = 10.0  # how often to look for new weights; 0: only on SIGHUP
     grace_s: float = 25.0  # SIGTERM: how long requests in flight may take to finish
-    max_connections: int = 256  # more at once get 503 from uvicorn: bounds the bodies held in memory
+    guard: Guard = field(default_factory=Guard)  # deadlines for slow clients, caps on connections and requests
 
 
 def serve(ref: str, options: Options, note: Callable[[str], None]) -> int:
@@ -79,12 +81,18 @@ def serve(ref: str, options: Options, note: Callable[[str], None]) -> int:
 
     decode_slots = max(1, min(4, devices.cpu_budget()))
     app = create_app(models, options.limits, decode_slots, lifespan)
+    # Slow clients (uvicorn #1192): uvicorn has no deadline for receiving a request, and its
+    # limit_concurrency counts connections, so it stays off; guard.py adds the deadlines and
+    # caps, the probes exempt. The in-flight cap bounds the bodies held in memory.
+    connections = guard.Connections(options.guard)
     config = uvicorn.Config(
-        app,
+        guard.Admission(app, options.guard, connections),
         host=options.host,
         port=options.port,
+        http=guard.protocol(connections),  # h11 with deadlines, whether or not httptools is installed
+        ws="none",  # no websockets: a connection never leaves the guarded protocol
+        timeout_keep_alive=options.guard.keep_alive_s,
         timeout_graceful_shutdown=int(options.grace_s),
-        limit_concurrency=options.max_connections,
         log_level="info",
         access_log=False,  # one line per request would cost more than a small model's forward pass
     )
