@@ -38,6 +38,17 @@ def fresh_store(url: str, keep: int = 3) -> CheckpointWriter:
     return store
 
 
+def claims_race(run: str) -> tuple[CheckpointWriter, CheckpointWriter]:
+    """Two writers read the run, then claim it: the first wins, the second is refused."""
+    a, b = RunDir(run).checkpoint_writer(3), RunDir(run).checkpoint_writer(3)
+    a.refresh()
+    b.refresh()
+    a.claim(None)
+    with pytest.raises(storage.AlreadyExists):
+        b.claim(None)
+    return a, b
+
+
 def entry(step: int) -> Entry:
     return Entry(f"{step}.pt", step, 0, step, 1, "", 0.0)
 
@@ -423,12 +434,7 @@ def test_on_a_fuse_mount_without_hard_links_commits_stay_create_only(fuse_dir: P
         os.link(fuse_dir / "probe", fuse_dir / "probe-link")
     assert no_link.value.errno in storage.NO_HARD_LINKS
     run = str(fuse_dir / "run")
-    a, b = RunDir(run).checkpoint_writer(3), RunDir(run).checkpoint_writer(3)
-    a.refresh()
-    b.refresh()
-    a.claim(None)
-    with pytest.raises(storage.AlreadyExists):
-        b.claim(None)
+    a, b = claims_race(run)
     committed = commit(a, 1)
     reader = RunDir(run).checkpoint_index()
     assert reader.refresh() == [committed]
@@ -466,13 +472,7 @@ def test_without_hard_links_two_writers_racing_for_one_commit_record_cannot_both
         storage.write_bytes(record, b"attempt A's commit", create_only=True)
     assert Path(record).read_bytes() == b"attempt B's claim"
     # And through the checkpoint writer: two writers of one run, one claim each.
-    run = str(tmp_path / "run")
-    a, b = RunDir(run).checkpoint_writer(3), RunDir(run).checkpoint_writer(3)
-    a.refresh()
-    b.refresh()
-    a.claim(None)
-    with pytest.raises(storage.AlreadyExists):
-        b.claim(None)
+    a, b = claims_race(str(tmp_path / "run"))
     b.refresh()
     b.claim(None)
     with pytest.raises(Fenced):
