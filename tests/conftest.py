@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -163,23 +164,21 @@ def fuse_unavailable() -> str | None:
     return None
 
 
-@pytest.fixture(params=["off", "writes"], ids=lambda mode: f"rclone-vfs-cache-{mode}")
-def fuse_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
-    """A directory on a real FUSE mount without hard links: rclone mounting a local directory,
-    with its VFS cache off and in "writes" mode (how Drive, gcsfuse and rclone mounts differ).
-    Skipped with the reason where FUSE is missing, except in CI (CI set), which installs it."""
+def need_fuse() -> None:
+    """Skip with the reason where FUSE is missing, except in CI (CI set), which installs it."""
     if reason := fuse_unavailable():
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the FUSE tests: {reason}")
         pytest.skip(reason)
-    backing, mount = tmp_path / "fuse-backing", tmp_path / "fuse-mount"
-    backing.mkdir()
+
+
+@contextlib.contextmanager
+def rclone_mount(backing: Path, mount: Path, cache: Path, *options: str) -> Iterator[Path]:
+    """`backing` mounted at `mount` by rclone (a real FUSE mount without hard links), with
+    rclone's `options` (its VFS cache in `cache`); unmounted on leaving."""
     mount.mkdir()
-    command = [
-        "rclone", "mount", str(backing), str(mount), "--daemon", f"--vfs-cache-mode={request.param}",
-        "--cache-dir", str(tmp_path / "fuse-cache"), "--config", "",
-    ]  # fmt: skip
-    subprocess.run(command, check=True, timeout=60, capture_output=True)
+    command = ["rclone", "mount", str(backing), str(mount), "--daemon", "--cache-dir", str(cache), "--config", ""]
+    subprocess.run([*command, *options], check=True, timeout=60, capture_output=True)
     try:
         deadline = time.monotonic() + 30
         while not os.path.ismount(mount):
@@ -188,3 +187,14 @@ def fuse_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["fusermount3", "-u", "-z", str(mount)], timeout=60, capture_output=True)
+
+
+@pytest.fixture(params=["off", "writes"], ids=lambda mode: f"rclone-vfs-cache-{mode}")
+def fuse_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """A directory on a real FUSE mount without hard links: rclone mounting a local directory,
+    with its VFS cache off and in "writes" mode (how Drive, gcsfuse and rclone mounts differ)."""
+    need_fuse()
+    (backing := tmp_path / "fuse-backing").mkdir()
+    cache_mode = f"--vfs-cache-mode={request.param}"
+    with rclone_mount(backing, tmp_path / "fuse-mount", tmp_path / "fuse-cache", cache_mode) as mount:
+        yield mount

@@ -302,10 +302,11 @@ def kill_tree(pid: int) -> None:
 def commit_records(run_dir: Path) -> list[Path]:
     """The run's commit records, oldest first: not a local write's `.tmp-*.json`, which is
     there, empty or part-written, while a record is being written (runner's readers skip it
-    the same way, rundir.checkpoints.record_seq)."""
-    from runner.rundir.checkpoints import record_seq
+    the same way, rundir.checkpoints.record_key)."""
+    from runner.rundir.checkpoints import record_key
 
-    return sorted(p for p in (run_dir / "checkpoints" / "commits").glob("*.json") if record_seq(p.name) is not None)
+    found = [(key, p) for p in (run_dir / "checkpoints" / "commits").glob("*.json") if (key := record_key(p.name))]
+    return [p for _, p in sorted(found)]
 
 
 class Job:

@@ -1,7 +1,7 @@
 """Committed checkpoints in a run directory, read-only: what they are, and loading one verified.
 
-    <run>/checkpoints/<step>-<token>.pt      payloads: unique names, written once, never changed
-    <run>/checkpoints/commits/<seq>.json     commit records, written create-only; newest = highest seq
+    <run>/checkpoints/<step>-<term>-<token>.pt                 payloads: unique names, written once
+    <run>/checkpoints/commits/<term>-<seq>-<writer>.json       commit records, one name per writer
 
 A checkpoint exists once a commit record lists it; each record lists every checkpoint
 kept, newest first, with size and MD5, so a reader verifies a payload before using it
@@ -10,6 +10,13 @@ content too: on a file system without hard links (a FUSE mount) a record is crea
 first and written after, so a reader can meet one empty or cut off by a kill, and such a
 record never counts (the reader takes the newest record that verifies). Readers (`ls`,
 `status`, `eval`, resume) use this index; only writer.CheckpointWriter commits and prunes.
+
+The newest record is the one with the highest (term, seq, writer), the order of the names.
+`term` is the seq of the claim its writer made: a later claim outranks every record of an
+earlier writer, whatever their seqs. No two writers ever write one name, so no record is
+replaced even where create-only cannot be enforced between writers: two FUSE mounts of one
+store don't see each other's files being created (gcsfuse #305), and the last upload of a
+name wins. Records named `<seq>.json` (runner before 0.2) are term 0.
 """
 
 from __future__ import annotations
@@ -25,12 +32,42 @@ from runner import storage
 RECORDS = "commits"
 
 
+Key = tuple[int, int, str]  # (term, seq, writer) of a commit record: newest is highest
+
+
+def record_key(name: str) -> Key | None:
+    """The (term, seq, writer) of a commit record's file name, or None for anything else: a
+    local write's temporary file (`.tmp-<token>-<name>`, there while it is written, or left
+    by a process killed mid-write) is not a record, and must not stop a reader."""
+    stem = name.removesuffix(".json")
+    parts = stem.split("-")
+    if not name.endswith(".json") or name.startswith("."):
+        return None
+    if len(parts) == 1 and stem.isdigit():  # before writers had names of their own
+        return 0, int(stem), ""
+    if len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit() and parts[2].isalnum():
+        return int(parts[0]), int(parts[1]), parts[2]
+    return None
+
+
+def record_name(key: Key) -> str:
+    """The file name of the commit record `key`; names sort as their keys do."""
+    term, seq, writer = key
+    return f"{term:010d}-{seq:010d}-{writer}.json"
+
+
 def record_seq(name: str) -> int | None:
-    """The sequence number of a commit record's file name, or None for anything else: a
-    local write's temporary file (`.tmp-<token>-<seq>.json`, there while it is written, or
-    left by a process killed mid-write) is not a record, and must not stop a reader."""
+    """The sequence number of a record named `<seq>.json` (promotion records; commit records
+    before 0.2), or None for anything else (a temporary file among them, `.tmp-...`)."""
     stem = name.removesuffix(".json")
     return int(stem) if name.endswith(".json") and stem.isdigit() else None
+
+
+def payload_term(name: str) -> int:
+    """The term of the writer that uploaded payload `name` (`<step>-<term>-<token>.pt`); 0
+    for a payload from before terms (`<step>-<token>.pt`)."""
+    parts = name.removesuffix(".pt").split("-")
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else 0
 
 
 def seal(record: dict[str, Any]) -> dict[str, Any]:
@@ -90,23 +127,21 @@ class CheckpointIndex:
     def __init__(self, checkpoints_url: str):
         self.dir = checkpoints_url
         self.records = storage.join(self.dir, RECORDS)
-        # The newest commit record's seq, whole or not: a writer's next commit goes above it.
+        # The highest seq of any record, whole or not: a writer's next commit goes above it.
         self.seq = 0
+        self.head: Key | None = None  # the newest record's key, whole or not
         self.entries: list[Entry] = []  # committed checkpoints (of the newest whole record), newest first
 
-    def _seqs(self) -> list[int]:
-        return sorted(seq for name in storage.list_names(self.records) if (seq := record_seq(name)) is not None)
-
-    def _newest_seq(self) -> int:
-        return max(self._seqs(), default=0)
+    def _keys(self) -> list[Key]:
+        return sorted(key for name in storage.list_names(self.records) if (key := record_key(name)) is not None)
 
     def refresh(self) -> list[Entry]:
         """Read the newest commit record that verifies: the committed checkpoints, newest first."""
-        seqs = self._seqs()
-        self.seq, self.entries = max(seqs, default=0), []
-        for seq in reversed(seqs):
+        keys = self._keys()
+        self.seq, self.head, self.entries = max((k[1] for k in keys), default=0), max(keys, default=None), []
+        for key in reversed(keys):
             try:
-                record = opened(storage.read_bytes(self._record_url(seq)))
+                record = opened(storage.read_bytes(self._record_url(key)))
             except FileNotFoundError:  # pruned by the writer since the listing
                 continue
             if record is not None:
@@ -147,5 +182,6 @@ class CheckpointIndex:
         """Where `entry`'s payload is."""
         return storage.join(self.dir, entry.file)
 
-    def _record_url(self, seq: int) -> str:
-        return storage.join(self.records, f"{seq:010d}.json")
+    def _record_url(self, key: Key) -> str:
+        term, seq, writer = key
+        return storage.join(self.records, record_name(key) if term else f"{seq:010d}.json")

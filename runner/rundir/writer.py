@@ -4,10 +4,15 @@ A record is written only after its payload was uploaded and the store confirmed 
 size and MD5 (object stores have no rename; this is the GCS-safe way to appear all at
 once). The layout and the reading side are checkpoints.CheckpointIndex's.
 
-One writer at a time: a run claims the directory by committing the next record, and
-every commit is create-only on `seq + 1`. A stale writer (a zombie pod from an earlier
-attempt) finds its next seq taken, or a newer record than its own, and is fenced: it
-stops instead of clobbering the new attempt's checkpoints.
+One writer at a time: a run claims the directory by committing the next record, at a
+term of its own (the claim's seq), which outranks every record of an earlier writer. A
+stale writer (a zombie pod from an earlier attempt, a Colab runtime that came back) finds
+a newer record than its own, before or after writing its next one, and is fenced: it
+stops instead of clobbering the new attempt's checkpoints. Each writer writes under names
+of its own and deletes only what its term covers, so even a stale writer that cannot yet
+see the newer one's files (another FUSE mount of the store, whose directory cache still
+lists the old state) replaces and deletes nothing of it; it is fenced at its first commit
+once its mount lists the newer claim.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 
 from runner import storage, strict_json
 from runner.errors import RunFailed
-from runner.rundir.checkpoints import CheckpointIndex, Entry, record_seq, seal
+from runner.rundir.checkpoints import CheckpointIndex, Entry, Key, payload_term, record_key, seal
 
 KEEP_RECORDS = 20  # commit records kept (tiny); enough to see any stale writer's seq is gone
 
@@ -43,6 +48,7 @@ class CheckpointWriter(CheckpointIndex):
         super().__init__(checkpoints_url)
         self.keep = keep
         self.writer = uuid.uuid4().hex[:12]
+        self.term = 0  # the seq of this writer's claim, once it has claimed
         self.pinned: str | None = None
 
     def claim(self, pinned: str | None) -> None:
@@ -51,14 +57,21 @@ class CheckpointWriter(CheckpointIndex):
         Raises storage.AlreadyExists if another writer committed since `refresh()`;
         the caller reads again and retries.
         """
-        self.pinned = pinned
-        self._write_record(self.seq + 1, "claim")
+        self.pinned, term = pinned, self.seq + 1
+        key = self._write_record(term, term, "claim")
+        # Another writer's record at this seq or above: it read what we read, or more, and was
+        # first or as quick. Ours goes (it would outrank that writer's by name alone); the
+        # caller reads again and claims above both.
+        if any(k[1] >= key[1] and k[2] != self.writer for k in self._keys()):
+            _let_go(self._record_url(key))
+            raise storage.AlreadyExists(self._record_url(key))
+        self.term, self.seq, self.head = term, key[1], key
 
     def commit(self, payload: bytes, position: dict[str, int]) -> Entry:
         """Upload, verify, then commit one checkpoint; prune what retention lets go."""
-        if (newest := self._newest_seq()) != self.seq:
+        if (newest := max(self._keys(), default=None)) != self.head:
             raise self._fenced(newest)
-        file = f"{position['step']:012d}-{uuid.uuid4().hex[:8]}.pt"
+        file = f"{position['step']:012d}-{self.term}-{uuid.uuid4().hex[:8]}.pt"
         url = storage.join(self.dir, file)
         # The MD5 is computed while the upload runs (hashlib lets go of the GIL): 0.2 s per
         # 134 MB off an emergency save's critical path.
@@ -103,18 +116,22 @@ class CheckpointWriter(CheckpointIndex):
         """Commit `entries` as the checkpoints that exist (the next record), then prune the rest."""
         previous, self.entries = self.entries, entries
         try:
-            self._write_record(self.seq + 1, kind)
-        except storage.AlreadyExists:
-            self.entries = previous
-            raise self._fenced(self.seq + 1) from None
+            key = self._write_record(self.term, self.seq + 1, kind)
         except BaseException:
             self.entries = previous
             raise
+        self.seq = key[1]
+        # Checked after writing too: a newer claim written meanwhile must not lose files to our prune.
+        if (newest := max(self._keys(), default=key)) > key:
+            self.entries = previous
+            raise self._fenced(newest)
+        self.head = key
         self._prune()
 
-    def _write_record(self, seq: int, kind: str) -> None:
+    def _write_record(self, term: int, seq: int, kind: str) -> Key:
         record = {
             "seq": seq,
+            "term": term,
             "kind": kind,
             "writer": self.writer,
             "time": time.time(),
@@ -122,33 +139,59 @@ class CheckpointWriter(CheckpointIndex):
             "checkpoints": [asdict(e) for e in self.entries],
         }
         data = strict_json.dumps(seal(strict_json.finite(record)), indent=1).encode()
-        url = self._record_url(seq)
+        key = (term, seq, self.writer)
+        url = self._record_url(key)
         try:
             storage.write_bytes(url, data, create_only=True)
         except storage.AlreadyExists:
-            # A retried upload whose first try did land looks the same: then it is ours.
+            # Our own name: only a retried upload whose first try did land meets it.
             if storage.read_bytes(url) != data:
                 raise
-        self.seq = seq
+        return key
 
     def _prune(self) -> None:
         # Only after the commit: whatever the newest record no longer lists goes, including
-        # payloads no record ever listed (an upload cut off by a kill). This writer holds
-        # the claim, so no other upload can be in flight here.
-        listed = {e.file for e in self.entries}
+        # payloads no record ever listed (an upload cut off by a kill) -- but only files of
+        # this writer's term or earlier: never a newer writer's, should it be invisible to us.
+        listed, ours = {e.file for e in self.entries}, lambda name: _term_of(name) <= self.term
         for name in storage.list_names(self.dir):
-            if (name.endswith(".pt") and name not in listed) or name.startswith(".tmp-"):
-                storage.delete(storage.join(self.dir, name))
+            if ((name.endswith(".pt") and name not in listed) or name.startswith(".tmp-")) and ours(name):
+                _let_go(storage.join(self.dir, name))
         for name in storage.list_names(self.records):
-            seq = record_seq(name)
-            if (seq is not None and seq <= self.seq - KEEP_RECORDS) or name.startswith(".tmp-"):
-                storage.delete(storage.join(self.records, name))
+            key = record_key(name)
+            old = key is not None and key[1] <= self.seq - KEEP_RECORDS
+            if (old or name.startswith(".tmp-")) and ours(name):
+                _let_go(storage.join(self.records, name))
 
-    def _fenced(self, seq: int) -> Fenced:
+    def _fenced(self, newest: Key | None) -> Fenced:
+        seq = f"commit {newest[1]}" if newest else "its records are gone"
         return Fenced(
-            f"another run (a newer attempt) has taken over {self.dir}: commit {seq} is not ours; "
+            f"another run (a newer attempt) has taken over {self.dir} ({seq} is not ours); "
             "this process stops so as not to clobber its checkpoints"
         )
+
+
+def _term_of(name: str) -> int:
+    """The term of the writer of a payload, a record, or a local write's temporary file for
+    either (`.tmp-<token>-<name>`: one another writer may be writing now); 0 for names from
+    before terms."""
+    if name.startswith(".tmp-"):
+        name = name.split("-", 2)[2] if name.count("-") >= 2 else ""
+    if name.endswith(".json"):
+        return key[0] if (key := record_key(name)) else 0
+    return payload_term(name)
+
+
+def _let_go(url: str) -> None:
+    """Delete a file retention let go, if it can be now; else the next prune tries again. The
+    commit is made by then: a file another mount of the store deleted first (rclone answers
+    EIO for it, its listing not yet updated) must not fail it. A refused permission is raised."""
+    try:
+        storage.delete(url)
+    except storage.Denied:
+        raise
+    except OSError:
+        pass
 
 
 def encode(

@@ -12,7 +12,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from runner.data.fingerprint import Fingerprint, changes, same_classes
+from runner import storage
 from runner.errors import RunFailed, UserError
+from runner.mounts import fuse_type
 from runner.rundir.layout import FINAL_WEIGHTS, RunDir, newest_finished_sibling
 from runner.spec import resume_conflicts
 
@@ -92,8 +94,6 @@ def claim_and_resume(writer: CheckpointWriter, trainer: Trainer, spec: JobSpec, 
     holds another job's checkpoints or none that can be used, RunFailed if other writers
     keep committing.
     """
-    from runner.storage import AlreadyExists
-
     for _ in range(CLAIM_TRIES):
         committed = writer.refresh()
         found = writer.newest_valid(say)
@@ -116,8 +116,13 @@ def claim_and_resume(writer: CheckpointWriter, trainer: Trainer, spec: JobSpec, 
             _restore(trainer, found[0]["state"], found[1], spec)
         try:
             writer.claim(found[1].file if found else None)
-        except AlreadyExists:
+        except storage.AlreadyExists:
             continue  # another writer committed meanwhile: read its newest, then claim again
+        if found and storage.is_local(writer.dir) and (kind := fuse_type(writer.dir.removeprefix("file://"))):
+            say(
+                f"note: {writer.dir} is on a FUSE mount ({kind}): an earlier attempt writing through another "
+                "mount of the same store is stopped only once that mount lists this claim (its directory cache)"
+            )
         return found[1] if found else None
     raise RunFailed(f"could not claim {writer.dir}: another writer keeps committing to it")
 

@@ -118,9 +118,9 @@ def wait_for_a_checkpoint_after(step: int, run_dir: str, proc: subprocess.Popen,
 
 def killed_at_random_moments(
     run_dir: str, cwd: Path, rng: random.Random, kills_wanted: int, extra: tuple[str, ...] = ()
-) -> None:
+) -> str:
     """Start the run, SIGKILL it at a random moment after each new commit `kills_wanted`
-    times, resubmit until it finishes; assert each attempt resumed further on."""
+    times, resubmit until it finishes; assert each attempt resumed further on. The attempts' output."""
     kills, resumed_steps, log = 0, [], []
     for _ in range(kills_wanted + 6):
         proc = start("run", run_dir, cwd, extra=extra)
@@ -148,6 +148,7 @@ def killed_at_random_moments(
     assert kills == kills_wanted and code == 0, "\n".join(log)
     # Each attempt after a kill resumed, further on than the one before.
     assert len(resumed_steps) == kills and resumed_steps == sorted(set(resumed_steps)), "\n".join(log)
+    return "\n".join(log)
 
 
 def test_sigkill_at_random_moments_then_resubmit_ends_bitwise_equal(
@@ -165,8 +166,10 @@ def test_on_a_fuse_mount_without_hard_links_a_killed_run_resumes_bitwise(
     commit records fall back to an exclusive create there (a real rclone mount, both of its
     cache modes)."""
     run_dir = str(fuse_dir / "runs" / "killed")
-    killed_at_random_moments(run_dir, tmp_path, random.Random(14), kills_wanted=2)
+    out = killed_at_random_moments(run_dir, tmp_path, random.Random(14), kills_wanted=2)
     assert same_tensors(final_weights(run_dir), reference)
+    # What one writer means on a mount, said where it applies (issue 23.3).
+    assert out.count(f"note: {run_dir}/checkpoints is on a FUSE mount (fuse.rclone)") == 2, out
 
 
 def test_with_augmentation_a_killed_run_resumes_bitwise_and_trains_on_other_images(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 
 from runner import storage
 from runner.errors import RunFailed
-from runner.rundir.checkpoints import Corrupt, Entry
+from runner.rundir.checkpoints import Corrupt, Entry, Key, record_name
 from runner.rundir.layout import RunDir
 from runner.rundir.writer import KEEP_RECORDS, CheckpointWriter, Fenced, encode, retain
 from runner.spec import load_spec, resume_conflicts
@@ -148,7 +149,7 @@ def test_an_upload_the_store_did_not_keep_whole_is_never_committed(
         write(url, data, create_only)
 
     monkeypatch.setattr(storage, "write_bytes", lossy)
-    with pytest.raises(OSError, match=r"the store holds \d+ bytes \(MD5 \w+\) of 000000000010-\w+\.pt, written"):
+    with pytest.raises(OSError, match=r"the store holds \d+ bytes \(MD5 \w+\) of 000000000010-1-\w+\.pt, written"):
         commit(store, 10)
     reader = RunDir(run).checkpoint_index()
     assert reader.refresh() == [good]  # not committed
@@ -345,10 +346,10 @@ def test_a_byte_flipped_in_tensor_data_is_caught_by_the_md5_and_resume_falls_bac
 
 
 def test_a_zombie_whose_next_record_was_pruned_is_still_fenced_and_deletes_nothing(bucket: str) -> None:
-    """Mutation: in CheckpointWriter.commit, `!= self.seq` weakened to `< self.seq`.
+    """Mutation: in CheckpointWriter.commit, `!= self.head` weakened to `< self.head`.
 
-    The zombie's next seq was pruned by the newer writer, so create-only no longer
-    catches it; only the "newest record is not ours" check does.
+    Every record of the zombie's was pruned by the newer writer; only the "newest record
+    is not ours" check catches it.
     """
     run = f"{bucket}/runs/a"
     zombie = claimed(run)  # record 1
@@ -357,7 +358,7 @@ def test_a_zombie_whose_next_record_was_pruned_is_still_fenced_and_deletes_nothi
     for step in range(2, 2 + KEEP_RECORDS + 2):  # records 4..25: records 1..5 are pruned
         commit_marked(newer, step)
     records = storage.list_names(newer.records)
-    assert f"{zombie.seq + 1:010d}.json" not in records, records  # the zombie's next seq is free again
+    assert not [name for name in records if zombie.writer in name], records  # the zombie's records are gone
 
     fenced = False
     try:
@@ -366,7 +367,7 @@ def test_a_zombie_whose_next_record_was_pruned_is_still_fenced_and_deletes_nothi
         fenced = True
     reader = RunDir(run).checkpoint_index()
     entries = reader.refresh()
-    assert reader.seq == newer.seq, f"the newest record is {reader.seq}, not the newer writer's {newer.seq}"
+    assert reader.head == newer.head, f"the newest record is {reader.head}, not the newer writer's {newer.head}"
     assert [e.step for e in entries] == [KEEP_RECORDS + 3, KEEP_RECORDS + 2, KEEP_RECORDS + 1, 1]
     unusable = []
     for e in entries:
@@ -394,8 +395,8 @@ def test_a_record_cut_off_mid_write_neither_stops_readers_nor_the_writer(tmp_pat
     assert not leftover.exists() and [e.step for e in RunDir(run).checkpoint_index().refresh()] == [2, 1]
 
 
-def record_path(run: Path, seq: int) -> Path:
-    return run / "checkpoints" / "commits" / f"{seq:010d}.json"
+def record_path(run: Path, key: Key) -> Path:
+    return run / "checkpoints" / "commits" / record_name(key)
 
 
 @pytest.mark.parametrize("torn", ["empty", "cut off", "a digit changed"])
@@ -406,17 +407,18 @@ def test_a_torn_newest_record_never_wins_and_the_next_writer_commits_above_it(tm
     run = tmp_path / "run"
     store = fresh_store(str(run))
     commit(store, 1)
-    whole = record_path(run, store.seq).read_bytes()
+    whole = record_path(run, store.head).read_bytes()
     damaged = {
         "empty": b"",
         "cut off": whole[: len(whole) // 2],
         "a digit changed": whole.replace(b'"step": 1', b'"step": 7'),
     }
     assert damaged[torn] != whole
-    record_path(run, store.seq + 1).write_bytes(damaged[torn])  # the record a killed writer left
+    killed = (store.seq + 1, store.seq + 1, "killed")
+    record_path(run, killed).write_bytes(damaged[torn])  # the claim a killed writer left
     assert [e.step for e in RunDir(str(run)).checkpoint_index().refresh()] == [1]
     with pytest.raises(Fenced):
-        commit(store, 2)  # seq + 1 is taken, torn or not: this writer is no longer the only one
+        commit(store, 2)  # a newer claim, torn or not: this writer is no longer the only one
     resumed = RunDir(str(run)).checkpoint_writer(3)
     assert [e.step for e in resumed.refresh()] == [1]
     resumed.claim(resumed.entries[0].file)
@@ -508,3 +510,75 @@ def test_a_full_disk_frees_what_retention_may_and_never_the_checkpoint_resumed_f
     assert [e.step for e in resumed.entries] == [5, 4, 1]  # 2 and 3 freed; 1 is where it resumed from
     on_disk = sorted(n for n in storage.list_names(resumed.dir) if n.endswith(".pt"))
     assert on_disk == sorted(e.file for e in resumed.entries)
+
+
+@pytest.mark.parametrize("dir_cache", ["5m", "1s"], ids=lambda t: f"dir-cache-{t}")
+def test_two_mounts_of_one_store_replace_nothing_and_the_older_attempt_is_fenced_once_its_mount_lists(
+    tmp_path: Path, dir_cache: str
+) -> None:
+    """Issue 23.3 (gcsfuse #305): two rclone mounts of one folder, as two Colab runtimes on one
+    Drive folder or two nodes' gcsfuse mounts of one bucket. Attempt B resumes through mount B
+    while A's mount still lists the folder as it was (rclone caches a directory's listing for
+    --dir-cache-time, 5 min by default), so A's next commit cannot see B's claim, and an O_EXCL
+    create through A does not see B's files either: before, A's record took the name of B's
+    claim and replaced it (the last upload wins). Now no record or payload of B's is replaced or
+    deleted whatever A's mount shows, readers everywhere take B's as the newest, and A is fenced
+    at its first commit once its mount lists B's claim."""
+    from runner.mounts import fuse_type
+    from tests.conftest import need_fuse, rclone_mount
+
+    need_fuse()
+    (store := tmp_path / "store").mkdir()
+    options = ("--vfs-cache-mode=off", f"--dir-cache-time={dir_cache}")
+    with (
+        rclone_mount(store, tmp_path / "a", tmp_path / "cache-a", *options) as mount_a,
+        rclone_mount(store, tmp_path / "b", tmp_path / "cache-b", *options) as mount_b,
+    ):
+        assert (fuse_type(str(mount_a / "run")), fuse_type(str(store))) == ("fuse.rclone", None)  # told on resume
+        a = claimed(str(mount_a / "run"))
+        for step in (1, 2, 3):
+            commit(a, step)
+        b = claimed(str(mount_b / "run"))  # the resubmitted attempt, through the other mount
+        assert b.pinned == a.entries[0].file
+        commit(b, 4)
+        ours = {p.name: p.read_bytes() for p in (store / "run" / "checkpoints").rglob("*") if p.is_file()}
+
+        stale_commit_fenced = False
+        try:
+            commit(a, 5)  # the older attempt, not yet stopped, commits through its own mount
+        except Fenced:
+            stale_commit_fenced = True  # its mount listed B's claim already (1 s cache on a slow machine)
+        assert dir_cache == "1s" or not stale_commit_fenced, "mount A listed B's claim at once"
+        after = {p.name: p.read_bytes() for p in (store / "run" / "checkpoints").rglob("*") if p.is_file()}
+        assert {name: after.get(name) for name in ours} == ours, "a file of B's was replaced or deleted"
+        for where in (store, mount_b):
+            reader = RunDir(str(where / "run")).checkpoint_index()
+            assert [e.step for e in reader.refresh()] == [4, 3, 2], where
+            assert reader.head == b.head, where
+        commit(b, 6)  # B goes on, above A's record whatever its seq
+        assert [e.step for e in RunDir(str(store / "run")).checkpoint_index().refresh()] == [6, 4, 3]
+
+        if dir_cache == "1s":
+            time.sleep(1.5)  # mount A's listing of the folder expires
+            with pytest.raises(Fenced):
+                commit(a, 7)
+            assert [e.step for e in RunDir(str(store / "run")).checkpoint_index().refresh()] == [6, 4, 3]
+
+
+def test_a_writer_prunes_only_files_of_its_own_term_or_older(tmp_path: Path) -> None:
+    """What a writer that cannot see a newer claim yet (another mount's cache) may delete: an
+    upload in flight of a newer term (its temporary file, its payload) is never among it;
+    leftovers of its own term and older ones are. Mutation: `_term_of(name) <= self.term`
+    dropped from _prune fails here."""
+    run = tmp_path / "run"
+    a = fresh_store(str(run))  # term 1
+    checkpoints = run / "checkpoints"
+    newer = [".tmp-0123abcd-000000000005-9-feedbeef.pt", "000000000005-9-feedbeef.pt"]
+    older = [".tmp-0123abcd-000000000004-1-deadbeef.pt", "000000000004-1-deadbeef.pt", "000000000003-cafebabe.pt"]
+    for name in [*newer, *older]:
+        (checkpoints / name).write_bytes(b"x")
+    (checkpoints / "commits" / ".tmp-0123abcd-0000000009-0000000009-b0b.json").write_bytes(b"{")
+    commit(a, 1)
+    left = sorted(p.name for p in checkpoints.rglob("*") if p.is_file() and "commits" not in p.parts)
+    assert left == sorted([*newer, a.entries[0].file]), left
+    assert (checkpoints / "commits" / ".tmp-0123abcd-0000000009-0000000009-b0b.json").exists()
