@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import time
@@ -582,3 +583,21 @@ def test_a_writer_prunes_only_files_of_its_own_term_or_older(tmp_path: Path) -> 
     left = sorted(p.name for p in checkpoints.rglob("*") if p.is_file() and "commits" not in p.parts)
     assert left == sorted([*newer, a.entries[0].file]), left
     assert (checkpoints / "commits" / ".tmp-0123abcd-0000000009-0000000009-b0b.json").exists()
+
+
+def test_a_run_directory_from_before_terms_resumes_and_its_records_stay_below_the_new_ones(tmp_path: Path) -> None:
+    """Records named `<seq>.json` (runner before terms) are read as term 0: a new writer
+    resumes from them, claims above them, and retention lets them go in their turn."""
+    run = tmp_path / "run"
+    old = fresh_store(str(run))
+    commit(old, 1)
+    commit(old, 2)
+    for path in (run / "checkpoints" / "commits").iterdir():  # as the old layout named them
+        path.rename(path.with_name(f"{json.loads(path.read_text())['seq']:010d}.json"))
+    new = claimed(str(run))
+    assert new.pinned == old.entries[0].file and new.term == 4
+    commit(new, 3)
+    assert [e.step for e in RunDir(str(run)).checkpoint_index().refresh()] == [3, 2, 1]
+    for step in range(4, 4 + KEEP_RECORDS):
+        commit(new, step)
+    assert not [p.name for p in (run / "checkpoints" / "commits").iterdir() if "-" not in p.name]
