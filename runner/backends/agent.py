@@ -15,6 +15,10 @@ elastic agent unchanged) with these differences in what it prints:
   node 0 looked hung while it waited for a lost node's replacement).
 (The launcher also sets TORCH_CPP_LOG_LEVEL=ERROR: a lost peer made torch's C++ store print
 its warnings with 20-frame native stack traces, about 100 lines a node.)
+One difference in what it does: the port each round of the group publishes for its
+workers' store (MASTER_PORT) is chosen below the kernel's ephemeral range (ports.py), not
+by torch's bind-to-port-0: an outgoing connection made before worker rank 0 bound it could
+take it, and the group aborted and restarted, or hung.
 Any other failure is reported as torch reports it. The launcher (torchrun.launch) turns
 the workers' recorded codes into the node's exit code (outcomes.py).
 """
@@ -29,8 +33,10 @@ import torch.distributed as dist
 from torch.distributed import run as torchrun
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.elastic.rendezvous import api as rendezvous
 from torch.distributed.elastic.rendezvous.api import RendezvousError
 
+from runner.backends.ports import listen_port
 from runner.errors import Exit
 
 EXPLAINED = frozenset({Exit.BAD_INPUT, Exit.DIVERGED, Exit.PEER_LOST, Exit.PREEMPTED})
@@ -66,6 +72,24 @@ class StopChatter(logging.Filter):
         return not EXPLAINED_FAILURE.search(message)
 
 
+def workers_store_port() -> int:
+    """The port for a round's workers' store (bound by worker rank 0 once it has started):
+    one below the ephemeral range, or torch's own choice where there is none."""
+    try:
+        return listen_port()
+    except OSError:
+        return ORIGINAL_FREE_PORT()
+
+
+ORIGINAL_FREE_PORT = rendezvous.get_free_port
+
+
+def install_port_choice() -> None:
+    """Make RendezvousStoreInfo.build (each round's MASTER_PORT, as the launcher gives every
+    round a fresh store) choose with workers_store_port."""
+    rendezvous.get_free_port = workers_store_port
+
+
 def main(argv: list[str]) -> int:
     """Run torchrun with `argv` (its command-line arguments); returns its exit code."""
     timeout = re.search(r"join_timeout=(\d+)", " ".join(argv))
@@ -74,6 +98,7 @@ def main(argv: list[str]) -> int:
         logging.getLogger(name).addFilter(chatter)
     if logging.getLogger(AGENT).getEffectiveLevel() > logging.INFO:
         logging.getLogger(AGENT).setLevel(logging.INFO)
+    install_port_choice()
     try:
         torchrun.main(argv)
     except SignalException as e:

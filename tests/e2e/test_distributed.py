@@ -13,13 +13,13 @@ import os
 import random
 import re
 import signal
-import socket
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from runner.backends.ports import listen_port
 from runner.rundir.layout import RunDir
 from tests.helpers import JOBS, REPO, Job, descendants, kill_tree, read_weights, runner_cli, same_tensors
 
@@ -177,9 +177,9 @@ def test_a_run_checkpointed_by_two_processes_completes_in_one(reference: dict, t
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """The rendezvous' port: bound by node 0's agent seconds later, so from below the
+    ephemeral range, where no connection made meanwhile can take it (runner.backends.ports)."""
+    return listen_port()
 
 
 def node(rank: int, run_dir: Path, port: int) -> Job:

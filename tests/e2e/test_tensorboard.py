@@ -10,7 +10,6 @@ import contextlib
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from urllib.request import urlopen
 import numpy as np
 import pytest
 
+from runner.backends.ports import listen_port
 from runner.rundir.layout import RunDir
 from tests.helpers import JOBS, REPO
 
@@ -84,9 +84,7 @@ def read_board(logdir: str) -> tuple[dict[str, list[tuple[int, Any]]], dict[str,
 def served(logdir: Path) -> dict[str, list[tuple[int, float]]]:
     """The scalars of the one run under `logdir` as the `tensorboard` command serves them with its
     default reader, the data server (`--load_fast=true` insists on it), over its HTTP API."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = listen_port()  # bound by tensorboard once started: not one a connection can take meanwhile
     command = [sys.executable, "-m", "tensorboard.main", f"--logdir={logdir}", f"--port={port}", "--host=127.0.0.1",
                "--load_fast=true", "--reload_interval=1"]  # fmt: skip
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

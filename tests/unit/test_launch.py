@@ -100,3 +100,26 @@ def test_the_agent_drops_torchruns_chatter_about_what_runner_explains_and_says_w
     assert shown("failed (exitcode: 143) local_rank: 0 (pid: 1) of binary: python", logging.ERROR) is False
     assert not shown("[default] Worker group FAILED. 3/3 attempts left; will restart worker group", logging.INFO)
     assert "restart 1 of 3); waiting up to 900 s for the job's nodes" in capsys.readouterr().err
+
+
+def test_a_port_to_bind_later_is_free_and_never_one_a_connection_could_take_meanwhile() -> None:
+    """torch's get_free_port (bind port 0, close) hands out a port of the ephemeral range,
+    which any outgoing connection may get as its source port before worker rank 0 binds it
+    (seen by hand in a network namespace whose range was one port: EADDRINUSE). The agent's
+    port, and the tests' rendezvous port, come from below the range. Mutation: the agent
+    keeping torch's get_free_port fails here."""
+    import socket
+
+    from torch.distributed.elastic.rendezvous import api as rendezvous
+
+    from runner.backends import agent
+    from runner.backends.ports import ephemeral_range, listen_port
+
+    low, high = ephemeral_range()
+    assert ephemeral_range("32768\t60999\n") == (32768, 60999) and ephemeral_range("junk") == (32768, 60999)
+    for port in [listen_port(), agent.workers_store_port()]:
+        assert port < low, (port, low, high)
+        socket.create_server(("", port)).close()  # free, on every interface
+    assert rendezvous.get_free_port is agent.ORIGINAL_FREE_PORT or rendezvous.get_free_port is agent.workers_store_port
+    agent.install_port_choice()
+    assert rendezvous.get_free_port is agent.workers_store_port  # what RendezvousStoreInfo.build calls
