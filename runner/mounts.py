@@ -5,6 +5,7 @@ files late. Linux only (/proc/self/mountinfo); elsewhere nothing is known."""
 from __future__ import annotations
 
 import os
+import re
 
 
 def fuse_type(path: str, mountinfo: str | None = None) -> str | None:
@@ -26,7 +27,7 @@ def fuse_type(path: str, mountinfo: str | None = None) -> str | None:
         parts, kind = fields.split(), rest.split()[:1]
         if len(parts) < 5 or not kind:
             continue
-        point = parts[4].encode().decode("unicode_escape")  # \040 is a space, \011 a tab
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), parts[4])  # \040 is a space
         inside = target == point or target.startswith(point.rstrip("/") + "/")
         if inside and (best is None or len(point) > best[0]):
             best = len(point), kind[0]

@@ -18,7 +18,7 @@ its warnings with 20-frame native stack traces, about 100 lines a node.)
 One difference in what it does: the port each round of the group publishes for its
 workers' store (MASTER_PORT) is chosen below the kernel's ephemeral range (ports.py), not
 by torch's bind-to-port-0: an outgoing connection made before worker rank 0 bound it could
-take it, and the group aborted and restarted, or hung.
+take it, and worker rank 0 failed to bind it (EADDRINUSE): the group aborted and restarted.
 Any other failure is reported as torch reports it. The launcher (torchrun.launch) turns
 the workers' recorded codes into the node's exit code (outcomes.py).
 """

@@ -15,7 +15,9 @@ import random
 import socket
 
 EPHEMERAL = "/proc/sys/net/ipv4/ip_local_port_range"
-LOWEST = 10_000  # above the ports services are commonly configured on (e.g. torchrun's 29400 is not)
+LOWEST = 10_000  # the well-known and most commonly configured service ports lie below
+# torch's defaults (torchrun's rendezvous, MASTER_PORT): free now, but a launch may want them next.
+TORCH_DEFAULTS = frozenset({29400, 29500})
 TRIES = 64
 
 
@@ -33,15 +35,18 @@ def ephemeral_range(text: str | None = None) -> tuple[int, int]:
 
 
 def listen_port(host: str = "", rng: random.Random | None = None) -> int:
-    """A port free on `host` ("": every interface) now and outside the ephemeral range, to be bound later (by this
-    process or another). Raises OSError if TRIES random ones were all taken, or the range
-    leaves no room below it (then the caller's usual port-0 way is all there is)."""
+    """A port free on `host` ("": every interface) now, outside the ephemeral range and not
+    one of torch's defaults, to be bound later (by this process or another). Raises OSError
+    if TRIES random ones were all taken, or the range leaves no room below it (then the
+    caller's usual port-0 way is all there is)."""
     low, _ = ephemeral_range()
     if low <= LOWEST + TRIES:
         raise OSError(f"no ports below the ephemeral range ({low}-) to choose from")
     rng = rng or random.SystemRandom()
     for _ in range(TRIES):
         port = rng.randrange(LOWEST, low)
+        if port in TORCH_DEFAULTS:
+            continue
         with socket.socket() as s:
             try:
                 s.bind((host, port))

@@ -183,5 +183,4 @@ class CheckpointIndex:
         return storage.join(self.dir, entry.file)
 
     def _record_url(self, key: Key) -> str:
-        term, seq, writer = key
-        return storage.join(self.records, record_name(key) if term else f"{seq:010d}.json")
+        return storage.join(self.records, record_name(key) if key[0] else f"{key[1]:010d}.json")

@@ -121,12 +121,14 @@ class CheckpointWriter(CheckpointIndex):
             self.entries = previous
             raise
         self.seq = key[1]
-        # Checked after writing too: a newer claim written meanwhile must not lose files to our prune.
-        if (newest := max(self._keys(), default=key)) > key:
+        # Checked after writing too: a newer claim written meanwhile must not lose files to our
+        # prune. The same listing then serves the prune.
+        records = storage.list_names(self.records)
+        if (newest := max(filter(None, map(record_key, records)), default=key)) > key:
             self.entries = previous
             raise self._fenced(newest)
         self.head = key
-        self._prune()
+        self._prune(records)
 
     def _write_record(self, term: int, seq: int, kind: str) -> Key:
         record = {
@@ -149,15 +151,15 @@ class CheckpointWriter(CheckpointIndex):
                 raise
         return key
 
-    def _prune(self) -> None:
-        # Only after the commit: whatever the newest record no longer lists goes, including
+    def _prune(self, records: list[str]) -> None:
+        # Only after the commit (`records`: the commit records' names listed since): whatever the newest record no longer lists goes, including
         # payloads no record ever listed (an upload cut off by a kill) -- but only files of
         # this writer's term or earlier: never a newer writer's, should it be invisible to us.
         listed, ours = {e.file for e in self.entries}, lambda name: _term_of(name) <= self.term
         for name in storage.list_names(self.dir):
             if ((name.endswith(".pt") and name not in listed) or name.startswith(".tmp-")) and ours(name):
                 _let_go(storage.join(self.dir, name))
-        for name in storage.list_names(self.records):
+        for name in records:
             key = record_key(name)
             old = key is not None and key[1] <= self.seq - KEEP_RECORDS
             if (old or name.startswith(".tmp-")) and ours(name):

@@ -11,8 +11,8 @@ import tomllib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from runner.data.fingerprint import Fingerprint, changes, same_classes
 from runner import storage
+from runner.data.fingerprint import Fingerprint, changes, same_classes
 from runner.errors import RunFailed, UserError
 from runner.mounts import fuse_type
 from runner.rundir.layout import FINAL_WEIGHTS, RunDir, newest_finished_sibling

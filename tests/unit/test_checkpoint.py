@@ -601,3 +601,21 @@ def test_a_run_directory_from_before_terms_resumes_and_its_records_stay_below_th
     for step in range(4, 4 + KEEP_RECORDS):
         commit(new, step)
     assert not [p.name for p in (run / "checkpoints" / "commits").iterdir() if "-" not in p.name]
+
+
+def test_the_fuse_mount_a_path_is_on_is_read_from_mountinfo_as_proc5_writes_it() -> None:
+    """The deepest mount point containing the path counts; the kernel escapes a space as \\040
+    and writes other characters as they are (a Drive folder with an accent)."""
+    from runner.mounts import fuse_type
+
+    mountinfo = (
+        "22 1 0:21 / / rw - overlay overlay rw\n"
+        "30 22 0:25 / /content/drive rw,nosuid - fuse.drive drive rw\n"
+        "31 30 0:26 / /content/drive/Mon\\040Drive\\040é/local rw - ext4 /dev/sda1 rw\n"
+        "32 22 0:27 / /mnt/bucket rw - fuse.gcsfuse bucket rw\n"
+    )
+    assert fuse_type("/content/drive/Mon Drive é/runs/x", mountinfo) == "fuse.drive"
+    assert fuse_type("/content/drive/Mon Drive é/local/runs/x", mountinfo) is None  # a disk mounted inside
+    assert fuse_type("/mnt/bucket", mountinfo) == "fuse.gcsfuse"
+    assert fuse_type("/mnt/bucket-other/x", mountinfo) is None
+    assert fuse_type("/content/x", mountinfo) is None
