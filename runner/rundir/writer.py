@@ -152,9 +152,10 @@ class CheckpointWriter(CheckpointIndex):
         return key
 
     def _prune(self, records: list[str]) -> None:
-        # Only after the commit (`records`: the commit records' names listed since): whatever the newest record no longer lists goes, including
-        # payloads no record ever listed (an upload cut off by a kill) -- but only files of
-        # this writer's term or earlier: never a newer writer's, should it be invisible to us.
+        # Only after the commit (`records`: the records' names, listed since). Whatever the newest
+        # record no longer lists goes, including payloads no record ever listed (an upload cut
+        # off by a kill) -- but only files of this writer's term or earlier: never a newer
+        # writer's, should it be invisible to us.
         listed, ours = {e.file for e in self.entries}, lambda name: _term_of(name) <= self.term
         for name in storage.list_names(self.dir):
             if ((name.endswith(".pt") and name not in listed) or name.startswith(".tmp-")) and ours(name):
