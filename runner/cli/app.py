@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
+import os
 import signal
+import sys
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -40,6 +43,8 @@ def exit_codes(command: Callable[..., Any]) -> Callable[..., Any]:
             result = _mapped(command, *args, **kwargs)
         except typer.Exit as e:
             outcomes.record(e.exit_code)  # for the launcher, if torchrun started this process
+            if e.exit_code == Exit.PEER_LOST and "TORCHELASTIC_RUN_ID" in os.environ:
+                _exit_now(Exit.PEER_LOST)  # a torchrun worker whose process group is broken
             raise
         except BaseException:
             outcomes.record(Exit.FAILED)
@@ -48,6 +53,17 @@ def exit_codes(command: Callable[..., Any]) -> Callable[..., Any]:
         return result
 
     return wrapper
+
+
+def _exit_now(code: int) -> None:
+    """End this process with `code` at once, its output flushed: a worker whose peer is gone
+    sometimes died of SIGABRT in the interpreter's teardown instead ("terminate called without
+    an active exception", a thread of the broken gloo group; seen in CI), which torch reported
+    as "failed (exitcode: -6)". All the run owed is done by then: status, save, recorded code."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _mapped(command: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
