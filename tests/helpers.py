@@ -309,12 +309,12 @@ def commit_records(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-class Job:
-    """A `runner` process (submit or launch) whose output is collected, line by line, with times."""
+class Process:
+    """A process whose output (stdout and stderr) is collected, line by line, with times."""
 
-    def __init__(self, *args: str, cwd: Path, env: dict[str, str]):
+    def __init__(self, command: list[str], cwd: Path | None = None, env: dict[str, str] | None = None):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runner", *args],
+            command,
             cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,
@@ -353,3 +353,10 @@ class Job:
             raise AssertionError(f"hung:\n{self.out}") from None
         self.reader.join(10)
         return code
+
+
+class Job(Process):
+    """A `runner` process (submit or launch), its output collected."""
+
+    def __init__(self, *args: str, cwd: Path, env: dict[str, str]):
+        super().__init__([sys.executable, "-m", "runner", *args], cwd, env)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from runner.spec_tables import ImageSpec, JobSpec
 
 # What docker/Dockerfile copies into the image; keep the two in step.
-CONTEXT = ("pyproject.toml", "README.md", "docker/Dockerfile", "runner")
+CONTEXT = ("pyproject.toml", "README.md", "docker/Dockerfile", "docker/torch.txt", "runner")
 CODE = "code"  # the context's folder of the spec's code, copied to IMAGE_CODE_DIR
 IMAGE_CODE_DIR = "/opt/runner/code"
 # The staged context's one modification time: 1980-01-02 UTC, a date zip (the wheel pip builds
