@@ -128,6 +128,12 @@ class ResourcesSpec(_Table):
     procs_per_node: int = Field(0, ge=0, le=256)
     queue: str = Field("", pattern=r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?$")  # Kueue LocalQueue, if any
 
+    @field_validator("cpu", "memory", mode="before")
+    @classmethod
+    def _quantity(cls, v: Any) -> Any:
+        # A bare number is a quantity too, as in a manifest (`cpu = 2`, `--set resources.cpu=1`).
+        return str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+
     @property
     def procs(self) -> int:
         """Processes per node: `procs_per_node`, else one per GPU, else 1."""
@@ -141,7 +147,7 @@ class ResourcesSpec(_Table):
 
 class ImageSpec(_Table):
     repository: str = Field("runner", min_length=1)  # e.g. us-docker.pkg.dev/my-project/ml/runner
-    base: str = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"  # the CUDA PyTorch image built on
+    base: str = "python:3.11-slim-bookworm"  # a Python image the Dockerfile installs torch into (docs/image.md)
 
 
 class ScheduleSpec(_Table):

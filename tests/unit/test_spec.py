@@ -56,6 +56,13 @@ def test_overrides_are_typed_like_the_toml_field() -> None:
     assert spec.checkpoint.dir == "gs://bucket/runs/x"  # a URL stays a string
 
 
+def test_a_bare_number_is_a_cpu_or_memory_quantity_as_in_a_manifest() -> None:
+    spec = load_spec(str(JOBS / "mlp.toml"), ["resources.cpu=1", "resources.memory=1000000"])
+    assert (spec.resources.cpu, spec.resources.memory) == ("1", "1000000")
+    with pytest.raises(UserError, match="resources.cpu"):
+        load_spec(str(JOBS / "mlp.toml"), ["resources.cpu=true"])
+
+
 def test_later_override_wins() -> None:
     assert load_spec(str(JOBS / "mlp.toml"), ["epochs=2", "epochs=3"]).epochs == 3
 
