@@ -46,10 +46,20 @@ def context_files(root: Path, code: Sequence[str] = ()) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     for entry in CONTEXT:
         path = root / entry
-        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+        for file in sorted([*path.rglob("*.py"), *_package_data(root, path)]) if path.is_dir() else [path]:
             files[file.relative_to(root).as_posix()] = file.read_bytes()
     files.update({f"{CODE}/{name}": data for name, data in code_files(code).items()})
     return files
+
+
+def _package_data(root: Path, folder: Path) -> list[Path]:
+    """The files besides modules that pyproject.toml's [tool.setuptools.package-data] puts in
+    the wheel (the serve page), under `folder`: the image installs runner from the context."""
+    import tomllib
+
+    data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"].get("package-data", {})
+    found = [f for pkg, patterns in data.items() for p in patterns for f in root.glob(f"{pkg.replace('.', '/')}/{p}")]
+    return [f for f in found if f.is_file() and folder in f.parents]
 
 
 def stage(files: dict[str, bytes], into: Path) -> None:

@@ -4,8 +4,7 @@ on SIGHUP and on change, and a drain on SIGTERM.
 The server listens at once: /healthz answers while the model loads, /readyz once it is
 loaded. A first load that fails ends the process with exit code 2 (bad RUN) or 1. On
 SIGTERM or SIGINT uvicorn stops accepting connections, lets the requests in flight finish
-for up to `grace_s`, then the process ends by that signal (143 for SIGTERM, as a container
-runtime reports it).
+for up to `grace_s`; then a SIGTERM ends the process with 143, also as a container's PID 1.
 """
 
 from __future__ import annotations
@@ -97,9 +96,17 @@ def serve(ref: str, options: Options, note: Callable[[str], None]) -> int:
         access_log=False,  # one line per request would cost more than a small model's forward pass
     )
     server = uvicorn.Server(config)
-    server.run()
+    # uvicorn, having drained, restores the handler it found and raises the signal again. The
+    # default handler would end the process by it, except as a container's PID 1, where the
+    # kernel ignores it and the server exited 0: this one makes it 143 in both.
+    stopped: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stopped.append(signum))
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     executor.shutdown(wait=True)
-    return outcome.get("code", int(Exit.OK))
+    return int(Exit.PREEMPTED) if stopped else outcome.get("code", int(Exit.OK))
 
 
 async def first_load(models: Models, watch_s: float, fail: Callable[[int, str], None]) -> None:

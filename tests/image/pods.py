@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,8 @@ class Pod:
     args: list[str]
     grace_seconds: int
     name: str
+    probes: dict[str, str]  # readinessProbe, livenessProbe -> the URL it gets (host network)
+    pre_stop_seconds: int = 0  # a preStop sleep hook: the kubelet runs it before SIGTERM, within the grace
 
     def start(self) -> Process:
         """Start it (`docker run`, attached): the process's output is the container's, and its
@@ -85,8 +88,11 @@ class Pod:
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
     def stop(self) -> None:
-        """Stop it as the kubelet stops a preempted pod: SIGTERM, SIGKILL after the pod's grace."""
-        subprocess.run(["docker", "stop", "-t", str(self.grace_seconds), self.name], check=True, capture_output=True)
+        """Stop it as the kubelet stops a preempted or deleted pod: the preStop hook, then
+        SIGTERM, then SIGKILL at the end of the pod's grace period (which includes the hook)."""
+        time.sleep(self.pre_stop_seconds)
+        grace = max(self.grace_seconds - self.pre_stop_seconds, 0)
+        subprocess.run(["docker", "stop", "-t", str(grace), self.name], check=True, capture_output=True)
 
     def kill(self) -> None:
         subprocess.run(["docker", "kill", self.name], capture_output=True)
@@ -142,7 +148,19 @@ def container_run(
         run += ["--entrypoint", command[0]]
     given = container.get("args", []) if args is None else args
     run += [image, *command[1:], *(expand(str(a), values) for a in given)]
-    return Pod(run, int(pod.get("terminationGracePeriodSeconds", 30)), name)
+    grace = int(pod.get("terminationGracePeriodSeconds", 30))
+    pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    return Pod(run, grace, name, _probes(container), pre_stop)
+
+
+def _probes(container: dict[str, Any]) -> dict[str, str]:
+    ports = {p["name"]: p["containerPort"] for p in container.get("ports", []) if "name" in p}
+    urls = {}
+    for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
+        if get := container.get(kind, {}).get("httpGet"):
+            port = ports.get(get["port"], get["port"])  # a named port, or a number
+            urls[kind] = f"http://127.0.0.1:{port}{get.get('path', '/')}"
+    return urls
 
 
 def _security(pod: dict[str, Any], container: dict[str, Any]) -> list[str]:

@@ -53,6 +53,7 @@ def test_the_tag_covers_exactly_what_the_dockerfile_copies() -> None:
 def test_content_tag_changes_with_the_sources_and_the_base_only() -> None:
     files = context_files(REPO)
     assert "runner/training/engine.py" in files and not any("__pycache__" in f for f in files)
+    assert "runner/serve/page.html" in files  # package data: the wheel the image installs holds it too
     tag = content_tag(files, ImageSpec())
     assert re.fullmatch(r"[0-9a-f]{16}", tag) and tag == content_tag(dict(files), ImageSpec())
     assert tag != content_tag({**files, "runner/training/engine.py": b"changed"}, ImageSpec())
