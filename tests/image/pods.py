@@ -7,7 +7,7 @@ it; the env with the downward API's values filled in; the pod's user and fsGroup
 read-only root; each ConfigMap's files at its mount path, read-only; emptyDirs as tmpfs
 (sizeLimit kept); the limits as --cpus/--memory; capabilities dropped and no privilege
 escalation. What a laptop's engine cannot reproduce is left out, and said here: the GPU
-(`nvidia.com/gpu`), cluster DNS (the test maps names with --add-host), the pod network
+(`nvidia.com/gpu`), cluster DNS (an Indexed Job's pod names map to loopback), the pod network
 (containers run with --network host, to reach the emulators on loopback, or none).
 
 Kubernetes' rules followed: "Define Dependent Environment Variables" and "Define a Command
@@ -114,6 +114,7 @@ def container_run(
     hosts: dict[str, str] | None = None,
     args: list[str] | None = None,
     mounts: dict[Path, str] | None = None,
+    index: int | None = None,
 ) -> Pod:
     """The `runner` container of `manifest`'s pod as docker runs it (see the module's doc).
 
@@ -124,9 +125,20 @@ def container_run(
     args: instead of the container's args: another command in the same container, as
         `kubectl debug --copy-to` runs one (`runner eval` on what the Job trained).
     mounts: host path -> container path, added read-only (files for that command).
+    index: for an Indexed Job, which pod: the Job controller gives it JOB_COMPLETION_INDEX and
+        its annotation; the pods' DNS names under the headless Service (`subdomain`) resolve
+        to this machine.
     """
     pod = pod_of(manifest)
     (container,) = [c for c in pod["containers"] if c["name"] == "runner"]
+    hosts, hostname = dict(hosts or {}), None
+    if manifest["kind"] == "Job" and manifest["spec"].get("completionMode") == "Indexed":
+        assert index is not None, "an Indexed Job's pod needs its index"
+        downward = {**downward, "metadata.annotations['batch.kubernetes.io/job-completion-index']": str(index)}
+        env = {"JOB_COMPLETION_INDEX": str(index), **(env or {})}
+        if "subdomain" in pod:
+            hosts |= _pod_names(manifest["metadata"]["name"], pod["subdomain"], manifest["spec"]["completions"], index)
+            hostname = f"{manifest['metadata']['name']}-{index}"
     values = {**container_env(container, downward), **(env or {})}
     run = ["--network", network, "--workdir", container.get("workingDir", "/")]
     for key, value in values.items():
@@ -141,7 +153,9 @@ def container_run(
     if "cpu" in limits:
         cpu = str(limits["cpu"])
         run += ["--cpus", str(int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu))]
-    for host, address in (hosts or {}).items():
+    if hostname:
+        run += ["--hostname", hostname]
+    for host, address in hosts.items():
         run += ["--add-host", f"{host}:{address}"]
     command = [expand(a, values) for a in container.get("command", [])]
     if command:
@@ -151,6 +165,22 @@ def container_run(
     grace = int(pod.get("terminationGracePeriodSeconds", 30))
     pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
     return Pod(run, grace, name, _probes(container), pre_stop)
+
+
+def _pod_names(job: str, subdomain: str, completions: int, index: int) -> dict[str, str]:
+    """The DNS names of an Indexed Job's pods under its headless Service, each pod on a loopback
+    address of its own (127.0.0.2, .3, ...: an agent's address tells torch's rendezvous the
+    nodes apart, and 127.0.0.1 would read back as "localhost"), by its FQDN (namespace
+    "default", what torch's rendezvous hands the other nodes) and its name under the Service;
+    pod `index` also resolves its own short hostname, as the kubelet's /etc/hosts does."""
+    names = {}
+    for i in range(completions):
+        address, pod = f"127.0.0.{i + 2}", f"{job}-{i}"
+        names[f"{pod}.{subdomain}.default.svc.cluster.local"] = address  # first: what the address reads back as
+        names[f"{pod}.{subdomain}"] = address
+        if i == index:
+            names[pod] = address
+    return names
 
 
 def _probes(container: dict[str, Any]) -> dict[str, str]:
