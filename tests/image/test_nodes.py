@@ -17,7 +17,13 @@ from tests.image.conftest import Cluster, render
 
 pytestmark = pytest.mark.usefixtures("engine")
 
-SPEC = ["--set=device=cpu", "--set=threads=1", "--set=epochs=2", "--set=batch_size=32", "--set=checkpoint.every_steps=3"]
+SPEC = [
+    "--set=device=cpu",
+    "--set=threads=1",
+    "--set=epochs=2",
+    "--set=batch_size=32",
+    "--set=checkpoint.every_steps=3",
+]
 NODES = ["--set=resources.nodes=2", "--set=resources.procs_per_node=1", "--set=resources.gpus=0"]
 
 

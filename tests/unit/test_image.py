@@ -50,6 +50,15 @@ def test_the_tag_covers_exactly_what_the_dockerfile_copies() -> None:
     assert f"ENV PYTHONPATH={IMAGE_CODE_DIR}\n" in DOCKERFILE  # where the spec the cluster runs finds it
 
 
+def test_the_dependency_layers_copy_only_what_names_the_dependencies() -> None:
+    # Everything the image installs from PyPI (torch, then the rest) comes before any COPY of
+    # other files, so editing runner, the README or your code rebuilds the last layers alone.
+    before = DOCKERFILE[: DOCKERFILE.index("pip install --no-cache-dir -r /tmp/requirements.txt")]
+    copied = {src for line in re.findall(r"^COPY (.+)$", before, re.M) for src in line.split()[:-1]}
+    assert copied == {"docker/torch.txt", "pyproject.toml"}
+    assert before.index("-r torch.txt") < before.index("COPY pyproject.toml")  # the largest layer, the rarest change
+
+
 def test_content_tag_changes_with_the_sources_and_the_base_only() -> None:
     files = context_files(REPO)
     assert "runner/training/engine.py" in files and not any("__pycache__" in f for f in files)
