@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import IO
+from typing import IO, NamedTuple
 
 from runner.training.signals import STOP_SIGNALS
 
@@ -44,14 +44,19 @@ def stop_with_parent(parent: int, signum: int = signal.SIGTERM) -> None:
         os.kill(os.getpid(), signum)
 
 
+class Ended(NamedTuple):
+    code: int  # the child's exit code in the shell's convention: 128+N when signal N killed it
+    stopped: int | None  # the first stop signal passed on to it, if any
+    killed_by: int | None  # the signal that killed it, if one did (a handler of its own would have exited)
+
+
 def supervise(
     command: Sequence[str],
     env: Mapping[str, str] | None = None,
     check: Callable[[], int | None] | None = None,
     every_s: float = 0.5,
-) -> tuple[int, int | None]:
-    """Run `command` to its end, passing on stop signals. Returns (its exit code in the
-    shell's convention, 128+N when killed by signal N; the first stop signal passed on, or None).
+) -> Ended:
+    """Run `command` to its end, passing on stop signals; how it ended.
 
     `check`, called every `every_s` seconds while the child runs, may return an exit code
     to end it early: the child is sent SIGTERM, waited for, and that code returned. The
@@ -88,11 +93,11 @@ def supervise(
                     ending.set()
                     child.terminate()
                     child.wait()
-                    return early, (stopped[0] if stopped else None)
+                    return Ended(early, stopped[0] if stopped else None, None)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return (128 - code if code < 0 else code), (stopped[0] if stopped else None)
+    return Ended(128 - code if code < 0 else code, stopped[0] if stopped else None, -code if code < 0 else None)
 
 
 def _pass_on(stream: IO[bytes], ending: threading.Event) -> None:

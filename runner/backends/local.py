@@ -25,6 +25,7 @@ from runner.errors import RunFailed, UserError
 from runner.rundir import heartbeat, summary
 from runner.rundir.layout import open_run
 from runner.spec_tables import ResourcesSpec
+from runner.training.signals import stopped_while_starting
 
 POLL_S = 1.0
 CANCEL_MARGIN_S = 30.0  # past the run's grace period: its process's exit, a slow store's last answers
@@ -54,7 +55,12 @@ class LocalBackend:
             )
         if res.world_size > 1:
             return torchrun.launch(run_args(job), torchrun.Node(1, res.procs, run_id=job.spec.name), res.grace_seconds)
-        return supervise(run_command(job))[0]
+        ended = supervise(run_command(job))
+        if ended.stopped is not None and ended.killed_by == ended.stopped:
+            # The stop came before `runner run` had a handler for it (its interpreter was starting):
+            # it died by the signal, saying nothing. Nothing had trained.
+            print(stopped_while_starting(ended.stopped), file=sys.stderr, flush=True)
+        return ended.code
 
     def status(self, run: str) -> dict[str, Any]:
         return summary.read(open_run(run))

@@ -99,7 +99,7 @@ def launch(run_args: list[str], node: Node, grace_s: int) -> int:
         # Each process's share of the cores (torchrun would otherwise set 1 and say so in a banner).
         threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, cpu_budget() // node.procs))
         env = {**os.environ, outcomes.ENV: recorded, "OMP_NUM_THREADS": threads, **FRESH_STORE_EACH_ROUND, **QUIET_CPP}
-        code, stopped = supervise(
+        code, stopped, _ = supervise(
             torchrun_command(run_args, node, grace_s), env, check=lambda: outcomes.fatal(outcomes.read(recorded))
         )
         records = outcomes.read(recorded)

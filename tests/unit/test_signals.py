@@ -4,6 +4,8 @@ import io
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +148,31 @@ def test_a_second_ctrl_c_during_the_emergency_save_aborts_and_the_status_says_so
         session.run(spec, Console(file=io.StringIO()), quiet=True)
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["state"] == "aborted" and status["message"].startswith("aborted by a second SIGINT at step 5")
+
+
+# `runner submit`'s child as it is while its interpreter starts: no handler for a stop yet.
+STARTING_CHILD = """
+import subprocess, sys
+from runner.backends import local
+from runner.backends.api import Submission
+from runner.spec import load_spec
+
+local.run_command = lambda job: [sys.executable, "-c", "print('child up', flush=True); import time; time.sleep(60)"]
+spec = load_spec(sys.argv[1], ["device=cpu"])
+sys.exit(local.LocalBackend().submit(Submission(sys.argv[1], (), spec)))
+"""
+
+
+def test_a_stop_before_submits_child_has_a_handler_ends_143_with_the_one_line(tmp_path: Path) -> None:
+    # Seen in CI: a SIGTERM 0.3 s into `runner submit`, passed on to a `runner run` still
+    # importing, killed it by the signal; submit exited 143 without a word.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STARTING_CHILD, str(JOBS / "digits.toml")],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout.readline() == "child up\n"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    last = err.strip().splitlines()[-1] if err.strip() else ""
+    assert last.startswith("stopped by SIGTERM while starting, before training"), err
