@@ -1,7 +1,7 @@
-"""Exit codes and the two error types the CLI maps to them.
+"""Exit codes, the error types that end a command, and the one table between them.
 
-The exit codes are a contract: users' scripts and Kubernetes' podFailurePolicy
-(backends/manifests.py) key on them.
+The exit codes are a contract: users' scripts, the torchrun launcher (outcomes.py) and
+Kubernetes' podFailurePolicy (backends/manifests.py) key on them, through the sets below.
 """
 
 from enum import IntEnum
@@ -22,6 +22,11 @@ class Exit(IntEnum):
     ABORTED = 130  # 128 + SIGINT: a second Ctrl-C, which does not wait for a checkpoint
 
 
+# What a retry can and cannot change, defined once for the launcher and the manifests.
+FAIL_AT_ONCE = (Exit.BAD_INPUT, Exit.DIVERGED)  # a retry or a restart would end the same way: stop the job
+RETRY_FREE = (Exit.PEER_LOST, Exit.PREEMPTED)  # no failure (a checkpoint saved, the group re-forms): retry
+
+
 class UserError(Exception):
     """Input the user can fix (exit 2): a spec, an override, a CLI argument, a missing file.
 
@@ -39,10 +44,21 @@ class PeerLost(RunFailed):
     (exit 75): nothing is wrong with this process, and a restarted group resumes."""
 
 
-class Diverged(RunFailed):
+class Diverged(Exception):
     """The training loss or the weights are no longer finite (exit 3). Nothing non-finite
-    is saved: the newest checkpoint is the last finite state."""
+    is saved: the newest checkpoint is the last finite state. Not a RunFailed: a handler of
+    failures (exit 1) must not take it for one."""
 
     def __init__(self, step: int, epoch: int, what: str):
         super().__init__(f"{what} at step {step} (epoch {epoch + 1})")
         self.step, self.epoch = step, epoch
+
+
+# The code and the first word of the one line the CLI ends with, for each error that ends a
+# command (cli/app.py), most specific first. 0, 3 and 143 are the session's results.
+ENDINGS: tuple[tuple[type[Exception], Exit, str], ...] = (
+    (UserError, Exit.BAD_INPUT, "error"),
+    (PeerLost, Exit.PEER_LOST, "stopped"),
+    (Diverged, Exit.DIVERGED, "diverged"),
+    (RunFailed, Exit.FAILED, "failed"),
+)

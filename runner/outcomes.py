@@ -17,11 +17,10 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from runner.errors import Exit
+from runner.errors import FAIL_AT_ONCE, RETRY_FREE, Exit
 
 ENV = "RUNNER_OUTCOMES"
-FAIL_AT_ONCE = (Exit.BAD_INPUT, Exit.DIVERGED)  # a restart would end the same way
-STOPPED = (Exit.OK, Exit.PREEMPTED, Exit.PEER_LOST)  # how workers end when the launch is stopped
+STOPPED = (Exit.OK, *RETRY_FREE)  # how workers end when the launch is stopped
 
 Outcomes = dict[int, dict[int, int]]  # restart -> local rank -> exit code
 

@@ -288,8 +288,9 @@ def delete_tree(url: str) -> None:
             fs.rm(path, recursive=True)
 
 
-def check_reachable(url: str, what: str = "checkpoint.dir") -> None:
-    """Fail with a user error, before anything is written, if `url` cannot be used at all."""
+def check_reachable(url: str, what: str) -> None:
+    """Fail with a user error, before anything is written, if `url` cannot be used at all. `what`:
+    the setting or argument `url` came from (checkpoint.dir, RUN), named in the message."""
     try:
         fs, path = _fs(url)
     except (ValueError, ImportError) as e:
@@ -331,23 +332,21 @@ def out_of_space(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def failure(url: str, error: OSError) -> UserError | RunFailed:
-    """A store error as what it means: the user's to fix (exit 2), or a failure that a
-    retry may get past (exit 1; Kubernetes retries it)."""
+def failure(url: str, error: OSError, what: str) -> UserError | RunFailed:
+    """A store error as what it means: the user's to fix (exit 2), or a failure that a retry
+    may get past (exit 1; Kubernetes retries it), named after `what` (as check_reachable)."""
     if _refused(error):  # a 403 from outside this module's functions: still one line
-        return _denied(url, error, "a permission on the bucket", "checkpoint.dir")
+        return _denied(url, error, "a permission on the bucket", what)
     if isinstance(error, Denied):  # it names the object and the permission
-        return error if error.what else Denied(str(error), "checkpoint.dir")
+        return error if error.what else Denied(str(error), what)
     if isinstance(error, PermissionError | NotADirectoryError | IsADirectoryError):
-        return UserError(f"checkpoint.dir: cannot write to {url}: {error}")
+        return UserError(f"{what}: cannot write to {url}: {error}")
     if out_of_space(error):
-        return RunFailed(
-            f"checkpoint.dir: no space left on {url} ({error.strerror}); free space there, "
-            "or keep fewer checkpoints (checkpoint.keep)"
-        )
+        fewer = ", or keep fewer checkpoints (checkpoint.keep)" if what == "checkpoint.dir" else ""
+        return RunFailed(f"{what}: no space left on {url} ({error.strerror}); free space there{fewer}")
     # A timeout (fsspec's FSTimeoutError, after gcsfs's retries) has no message of its own.
     reason = str(error) or ("no answer in time" if isinstance(error, TimeoutError) else type(error).__name__)
-    return RunFailed(f"checkpoint.dir: {url} is unreachable: {reason}")
+    return RunFailed(f"{what}: {url} is unreachable: {reason}")
 
 
 # What link(2) says on a file system without hard links: FUSE mounts (Google Drive in

@@ -15,6 +15,7 @@ by `check_names` (k8s_names.py), which `runner validate` calls too.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from runner.backends.k8s_names import (
@@ -26,7 +27,7 @@ from runner.backends.k8s_names import (
     service_name,
 )
 from runner.backends.torchrun import RDZV_PORT
-from runner.errors import Exit, UserError
+from runner.errors import FAIL_AT_ONCE, RETRY_FREE, Exit, UserError
 from runner.spec_tables import JobSpec, ResourcesSpec, ScheduleSpec
 
 CONTAINER = "runner"
@@ -40,10 +41,6 @@ KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 RUN_ID = "$(RUNNER_RUN_ID)"  # the env var, expanded by the kubelet in later env values and args
 
 Manifest = dict[str, Any]
-FAIL_AT_ONCE = [int(Exit.BAD_INPUT), int(Exit.DIVERGED)]  # exit codes a retry cannot change
-# Exit codes that are no failure: stopped after saving a checkpoint, or a peer lost (the
-# group re-forms); the retry resumes. A crash (1) on every attempt still uses up `retries`.
-RETRY_FREE = [int(Exit.PEER_LOST), int(Exit.PREEMPTED)]
 
 
 COMPONENT = "app.kubernetes.io/component"
@@ -220,10 +217,10 @@ def _pod_template(spec: JobSpec, image: str, pods: Pods) -> dict[str, Any]:
     return {"metadata": {"labels": training_labels(spec)}, "spec": pod}
 
 
-def _on_exit(action: str, operator: str, values: list[int]) -> dict[str, Any]:
+def _on_exit(action: str, operator: str, codes: Iterable[int]) -> dict[str, Any]:
     # The API server wants the values sorted and unique, and no 0 with In
     # (validatePodFailurePolicyRuleOnExitCodes, pkg/apis/batch/validation).
-    requirement = {"containerName": CONTAINER, "operator": operator, "values": sorted(set(values))}
+    requirement = {"containerName": CONTAINER, "operator": operator, "values": sorted({int(c) for c in codes})}
     return {"action": action, "onExitCodes": requirement}
 
 
@@ -247,7 +244,7 @@ def _job_spec(spec: JobSpec, image: str, pods: Pods) -> dict[str, Any]:
                 # new pod resumes. activeDeadlineSeconds still bounds a job that never ends.
                 _on_exit("Ignore", "In", RETRY_FREE),
                 # Anything else (a crash, an unreachable store) may pass: use a retry.
-                _on_exit("Count", "NotIn", [int(Exit.OK), *FAIL_AT_ONCE, *RETRY_FREE]),
+                _on_exit("Count", "NotIn", (Exit.OK, *FAIL_AT_ONCE, *RETRY_FREE)),
             ]
         },
     }

@@ -22,7 +22,7 @@ from typing import Annotated, Any
 import typer
 
 from runner import __version__, outcomes
-from runner.errors import Exit, PeerLost, RunFailed, UserError
+from runner.errors import ENDINGS, Exit
 
 app = typer.Typer(
     name="runner",
@@ -69,15 +69,10 @@ def _exit_now(code: int) -> None:
 def _mapped(command: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     try:
         return command(*args, **kwargs)
-    except UserError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(Exit.BAD_INPUT) from None
-    except PeerLost as e:
-        typer.echo(f"stopped: {e}", err=True)
-        raise typer.Exit(Exit.PEER_LOST) from None
-    except RunFailed as e:
-        typer.echo(f"failed: {e}", err=True)
-        raise typer.Exit(Exit.FAILED) from None
+    except tuple(kind for kind, _, _ in ENDINGS) as e:
+        code, word = next((code, word) for kind, code, word in ENDINGS if isinstance(e, kind))
+        typer.echo(f"{word}: {e}", err=True)
+        raise typer.Exit(code) from None
     except KeyboardInterrupt:
         # On the way out with 130: yet another Ctrl-C must not turn that into death by SIGINT.
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -185,7 +185,7 @@ def open_run(url: str) -> RunDir:
     except storage.Denied:
         raise  # names the permission already
     except OSError as e:
-        raise storage.failure(url, e) from None
+        raise storage.failure(url, e, "RUN") from None
     if not names:
         raise UserError(f"{url}: no run there (nothing found); name a run directory such as runs/digits")
     run_dir = RunDir(url)
@@ -199,7 +199,12 @@ def open_run(url: str) -> RunDir:
 def find_runs(prefix: str) -> list[RunDir]:
     """The run directories directly under `prefix`, or `prefix` itself if it is one."""
     storage.check_reachable(prefix, "PREFIX")
-    names = storage.list_names(prefix)
+    try:
+        names = storage.list_names(prefix)
+    except storage.Denied:
+        raise  # names the permission already
+    except OSError as e:
+        raise storage.failure(prefix, e, "PREFIX") from None
     if not names:
         raise UserError(f"{prefix}: nothing there; name a directory or bucket prefix that holds run directories")
     if SPEC in names or CHECKPOINTS in names:

@@ -73,7 +73,7 @@ def run(spec: JobSpec, console: Console, quiet: bool = False, fresh: bool = Fals
         try:
             return session.run(trainer, preempted, quiet, fresh, overwrite)
         except OSError as e:  # the run directory's store, wherever it failed: a timeout, a full disk
-            raise storage.failure(spec.checkpoint.dir, e) from None
+            raise storage.failure(spec.checkpoint.dir, e, "checkpoint.dir") from None
 
 
 def _rank(spec: JobSpec) -> Rank:
@@ -190,7 +190,7 @@ class Session:
         from runner.training import resume
 
         spec, run_dir, state = self.spec, self.run_dir, trainer.state
-        storage.check_reachable(run_dir.url)
+        storage.check_reachable(run_dir.url, "checkpoint.dir")
         check_promotable(spec)
         self.heartbeat = heartbeat.Heartbeat(run_dir, lambda: {"epoch": state.epoch, "step": state.step})
         for note in trainer.notes:  # what loading the data did: downloads, skipped images

@@ -263,7 +263,7 @@ def test_the_emulator_keeps_answering_past_a_pipe_full_of_its_log(gcs_emulator: 
 def test_a_store_that_times_out_is_a_retriable_failure_with_a_reason() -> None:
     from fsspec.exceptions import FSTimeoutError  # what gcsfs raises once its retries are spent
 
-    error = storage.failure("gs://b/run", FSTimeoutError())
+    error = storage.failure("gs://b/run", FSTimeoutError(), "checkpoint.dir")
     assert isinstance(error, RunFailed) and str(error) == "checkpoint.dir: gs://b/run is unreachable: no answer in time"
 
 
@@ -452,7 +452,7 @@ def test_on_a_fuse_mount_without_hard_links_commits_stay_create_only(fuse_dir: P
 def test_a_full_disk_is_named_as_such() -> None:
     import errno
 
-    error = storage.failure("runs/x", OSError(errno.ENOSPC, "No space left on device"))
+    error = storage.failure("runs/x", OSError(errno.ENOSPC, "No space left on device"), "checkpoint.dir")
     assert isinstance(error, RunFailed) and str(error).startswith("checkpoint.dir: no space left on runs/x")
     assert storage.out_of_space(OSError(errno.EDQUOT, "Disk quota exceeded"))
     assert not storage.out_of_space(OSError(errno.EIO, "Input/output error"))

@@ -24,14 +24,14 @@ def one_line(error: Exception) -> str:
 def test_an_empty_bucket_is_usable_without_the_buckets_metadata(iam_proxy, bucket: str) -> None:
     proxy = iam_proxy(OBJECT_ADMIN)
     for url in (bucket, f"{bucket}/", f"{bucket}/runs/x"):
-        storage.check_reachable(url)
+        storage.check_reachable(url, "checkpoint.dir")
     assert proxy.requests and proxy.denied == []
 
 
 def test_a_missing_object_list_permission_is_named(iam_proxy, bucket: str) -> None:
     iam_proxy(OBJECT_ADMIN - {"storage.objects.list"})
     with pytest.raises(UserError) as refused:
-        storage.check_reachable(f"{bucket}/runs/x")
+        storage.check_reachable(f"{bucket}/runs/x", "checkpoint.dir")
     message = one_line(refused.value)
     assert message.startswith(f"checkpoint.dir: {bucket}/runs/x: ") and "storage.objects.list" in message
     assert "storage.buckets" not in message
@@ -54,7 +54,7 @@ def test_a_missing_write_permission_is_named_and_is_bad_input(iam_proxy, bucket:
         storage.write_bytes(url, b"x")
     assert isinstance(refused.value, OSError)  # still caught where store errors are
     assert "storage.objects.create" in one_line(refused.value)
-    error = storage.failure(f"{bucket}/runs/x", refused.value)
+    error = storage.failure(f"{bucket}/runs/x", refused.value, "checkpoint.dir")
     assert isinstance(error, UserError) and "storage.objects.create" in one_line(error)
     assert one_line(error).startswith(f"checkpoint.dir: {url}: ")
 
@@ -99,6 +99,6 @@ def test_a_403_from_anywhere_in_a_run_is_one_line_naming_the_permission() -> Non
         "storage.objects.delete access to the Google Cloud Storage object. Permission 'storage.objects.delete' "
         "denied on resource (or it may not exist)."
     )
-    error = storage.failure("gs://bkt/runs/x", raw)
+    error = storage.failure("gs://bkt/runs/x", raw, "checkpoint.dir")
     assert isinstance(error, UserError) and "storage.objects.delete" in one_line(error)
     assert one_line(error).startswith("checkpoint.dir: gs://bkt/runs/x: these credentials lack storage.objects.delete")
