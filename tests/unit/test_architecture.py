@@ -106,3 +106,23 @@ def test_package_inits_import_nothing(path: Path) -> None:
 def test_no_module_grows_past_a_few_hundred_lines() -> None:
     long = {module_name(p): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"split these by concern: {long}"
+
+
+def test_the_architecture_map_names_every_module() -> None:
+    # docs/architecture.md is the newcomer's map: a top-level module by its path, any other
+    # in its package's row of the table ("| `runner/data/` | ... `cache.py` ... |").
+    text = (REPO / "docs" / "architecture.md").read_text()
+    rows: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("| `runner/") and line.split("|")[1].strip().endswith("/`"):
+            rows[line.split("`")[1]] = line
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        relative = path.relative_to(REPO).as_posix()
+        folder = relative.rsplit("/", 1)[0] + "/"
+        named = f"`{relative}`" in text if folder == "runner/" else f"`{path.name}`" in rows.get(folder, "")
+        if not named:
+            missing.append(relative)
+    assert not missing, f"docs/architecture.md does not say what these are: {missing}"
