@@ -23,6 +23,7 @@ from typing import Any, Literal
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -47,8 +48,10 @@ def create_app(
     decode_slots: int = 2,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
 ) -> FastAPI:
-    # No /docs: Swagger's page loads from a CDN, which a cluster may not reach.
-    app = FastAPI(title="runner serve", docs_url=None, redoc_url=None, lifespan=lifespan)
+    # /docs: Swagger UI with its scripts served from the package (fastapi-offline); FastAPI's
+    # own page loads them from a CDN, which a cluster may not reach. No /redoc: ReDoc's script
+    # still fetches its logo from cdn.redoc.ly.
+    app = FastAPIOffline(title="runner serve", redoc_url=None, lifespan=lifespan)
     decoding = asyncio.Semaphore(decode_slots)
     page = resources.files("runner.serve").joinpath("page.html").read_text()
 

@@ -113,3 +113,29 @@ def test_draw_a_digit_with_mouse_and_touch_and_read_the_answer(
         assert answer(driver, 3) == touched
     finally:
         server.stop()
+
+
+def test_the_api_docs_render_from_the_server_alone(
+    browser: object, trained_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    # Swagger UI at /docs, its scripts served by runner serve itself (fastapi-offline):
+    # FastAPI's own page loads them from a CDN, which a cluster (and this machine's Chromium)
+    # cannot reach, and then shows nothing.
+    from selenium.webdriver.common.by import By
+
+    server = Server(trained_runs["resumed"], "--watch", "0", cwd=tmp_path)
+    try:
+        server.wait_ready()
+        driver = browser
+        driver.get(server.url + "/docs")  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 20
+        rendered = (By.CSS_SELECTOR, ".opblock-summary-path")  # one per route, once Swagger UI has run
+        while not (paths := driver.find_elements(*rendered)):  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline, driver.page_source[:2000]  # type: ignore[attr-defined]
+            time.sleep(0.1)
+        assert "/v1/predict" in [path.text for path in paths]
+        script = "return performance.getEntriesByType('resource').map(e => e.name)"
+        loaded = driver.execute_script(script)  # type: ignore[attr-defined]
+        assert loaded and all(url.startswith(server.url) for url in loaded), loaded  # nothing from elsewhere
+    finally:
+        server.stop()

@@ -53,6 +53,9 @@ def test_the_serve_container_becomes_ready_answers_and_drains_on_stop(
     answer = httpx.post(url, content=png.getvalue(), headers={"Content-Type": "image/png"}, timeout=30)
     assert answer.status_code == 200, answer.text
     assert answer.json()["run"] and len(answer.json()["predictions"][0]["top"]) == 3
+    base = url.removesuffix("/v1/predict")
+    docs = httpx.get(f"{base}/docs", timeout=10)  # the API's page, its scripts from the image itself
+    assert docs.status_code == 200 and httpx.get(f"{base}/static-offline-docs/swagger-ui-bundle.js").status_code == 200
 
     start = time.monotonic()
     server.stop()
