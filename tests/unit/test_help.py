@@ -14,6 +14,8 @@ import typer
 from typer.testing import CliRunner
 
 from runner.cli.main import app
+from runner.errors import ENDINGS, FAIL_AT_ONCE, RETRY_FREE, Exit
+from tests.helpers import REPO
 
 ROOT = typer.main.get_command(app)
 COMMANDS = sorted(ROOT.commands)  # type: ignore[attr-defined]
@@ -62,3 +64,14 @@ def test_the_command_list_shows_each_docstring_first_paragraph_whole() -> None:
     for name, command in ROOT.commands.items():  # type: ignore[attr-defined]
         summary = flat(inspect.cleandoc(command.help).split("\n\n")[0])
         assert f"{name} {summary}" in shown, f"runner --help cuts {name}'s summary {summary!r}:\n{shown}"
+
+
+def test_the_readmes_exit_codes_are_the_table_in_errors() -> None:
+    # The contract, pinned once: every code runner exits with is in the README's table, and
+    # no other; the codes a retry cannot change and the ones retried for free are as documented.
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("### Exit codes") :].split("\n\n")[1]
+    documented = {int(row.split("|")[1]) for row in table.splitlines()[2:]}
+    assert documented == {int(code) for code in Exit}
+    assert (set(FAIL_AT_ONCE), set(RETRY_FREE)) == ({2, 3}, {75, 143})
+    assert {code for _, code, _ in ENDINGS} == {Exit.BAD_INPUT, Exit.PEER_LOST, Exit.DIVERGED, Exit.FAILED}

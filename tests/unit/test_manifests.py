@@ -17,7 +17,7 @@ import yaml
 
 from runner.backends.k8s_names import check_name, check_names, derived_names
 from runner.backends.manifests import render, to_yaml
-from runner.errors import UserError
+from runner.errors import FAIL_AT_ONCE, RETRY_FREE, Exit, UserError
 from runner.spec import load_spec, to_toml
 from tests.helpers import JOBS, REPO, runner_cli
 
@@ -244,11 +244,12 @@ def test_the_pod_failure_policy_rule_by_rule() -> None:
         assert "onExitCodes" not in ignore and set(ignore) == {"action", "onPodConditions"}
 
         assert fail["action"] == "FailJob" and set(fail) == {"action", "onExitCodes"}
-        assert fail["onExitCodes"] == {"containerName": "runner", "operator": "In", "values": [2, 3]}
+        assert fail["onExitCodes"] == {"containerName": "runner", "operator": "In", "values": sorted(FAIL_AT_ONCE)}
         assert free["action"] == "Ignore" and set(free) == {"action", "onExitCodes"}
-        assert free["onExitCodes"] == {"containerName": "runner", "operator": "In", "values": [75, 143]}
+        assert free["onExitCodes"] == {"containerName": "runner", "operator": "In", "values": sorted(RETRY_FREE)}
         assert count["action"] == "Count" and set(count) == {"action", "onExitCodes"}
-        assert count["onExitCodes"] == {"containerName": "runner", "operator": "NotIn", "values": [0, 2, 3, 75, 143]}
+        not_counted = sorted({Exit.OK, *FAIL_AT_ONCE, *RETRY_FREE})
+        assert count["onExitCodes"] == {"containerName": "runner", "operator": "NotIn", "values": not_counted}
         for rule in (fail, free, count):  # what the API server checks beyond the schema
             values = rule["onExitCodes"]["values"]
             assert values == sorted(set(values)) and (0 not in values or rule["onExitCodes"]["operator"] == "NotIn")
