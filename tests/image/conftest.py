@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.helpers import JOBS, REPO, runner_cli
-from tests.image.pods import Pod, container_run
+from tests.image.pods import Pod, container_run, remove_orphans
 
 HERE = Path(__file__).resolve().parent
 
@@ -50,6 +50,7 @@ def engine() -> None:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the image tests: {reason}")
         pytest.skip(reason)
+    remove_orphans()  # left by a test run that was killed before it could remove them
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ Containers Through Environment Variables" (fieldRef), "Configure a Security Cont
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -26,8 +27,33 @@ from typing import Any
 
 from tests.helpers import Process
 
+# Each container is labelled with the pid of the test process that started it: if that process
+# dies without removing it (a killed pytest), the next run's remove_orphans does.
+OWNER = "runner-test-pid"
 _VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 _UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def remove_orphans() -> list[str]:
+    """Remove the test containers whose test process is gone; their names."""
+    listed = subprocess.run(
+        ["docker", "ps", "-a", "--filter", f"label={OWNER}", "--format", f'{{{{.Names}}}} {{{{.Label "{OWNER}"}}}}'],
+        capture_output=True, text=True, timeout=60,
+    ).stdout.split("\n")  # fmt: skip
+    orphans = [name for name, pid in (line.split() for line in listed if line.strip()) if not _alive(int(pid))]
+    if orphans:
+        subprocess.run(["docker", "rm", "-f", *orphans], capture_output=True, timeout=120)
+    return orphans
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's process: alive
+    return True
 
 
 def pod_of(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +166,7 @@ def container_run(
             hosts |= _pod_names(manifest["metadata"]["name"], pod["subdomain"], manifest["spec"]["completions"], index)
             hostname = f"{manifest['metadata']['name']}-{index}"
     values = {**container_env(container, downward), **(env or {})}
-    run = ["--network", network, "--workdir", container.get("workingDir", "/")]
+    run = ["--label", f"{OWNER}={os.getpid()}", "--network", network, "--workdir", container.get("workingDir", "/")]
     for key, value in values.items():
         run += ["--env", f"{key}={value}"]
     run += _security(pod.get("securityContext", {}), container.get("securityContext", {}))
