@@ -98,9 +98,15 @@ def serve(ref: str, options: Options, note: Callable[[str], None]) -> int:
     server = uvicorn.Server(config)
     # uvicorn, having drained, restores the handler it found and raises the signal again. The
     # default handler would end the process by it, except as a container's PID 1, where the
-    # kernel ignores it and the server exited 0: this one makes it 143 in both.
+    # kernel ignores it and the server exited 0: this one makes it 143 in both. (A SIGTERM
+    # before uvicorn has its own handlers in place still stops the server.)
     stopped: list[int] = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stopped.append(signum))
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        stopped.append(signum)
+        server.should_exit = True
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         server.run()
     finally:
