@@ -179,13 +179,7 @@ def weights_metadata(
 
 def open_run(url: str) -> RunDir:
     """The run directory a user named on the command line, or a one-line UserError (exit 2)."""
-    storage.check_reachable(url, "RUN")
-    try:
-        names = storage.list_names(url)
-    except storage.Denied:
-        raise  # names the permission already
-    except OSError as e:
-        raise storage.failure(url, e, "RUN") from None
+    names = _names(url, "RUN")
     if not names:
         raise UserError(f"{url}: no run there (nothing found); name a run directory such as runs/digits")
     run_dir = RunDir(url)
@@ -196,15 +190,21 @@ def open_run(url: str) -> RunDir:
     return run_dir
 
 
-def find_runs(prefix: str) -> list[RunDir]:
-    """The run directories directly under `prefix`, or `prefix` itself if it is one."""
-    storage.check_reachable(prefix, "PREFIX")
+def _names(url: str, what: str) -> list[str]:
+    """What is directly in `url`, a command-line argument (`what`: RUN, PREFIX): a store that
+    cannot be used, or stops answering, is one line naming the argument."""
+    storage.check_reachable(url, what)
     try:
-        names = storage.list_names(prefix)
+        return storage.list_names(url)
     except storage.Denied:
         raise  # names the permission already
     except OSError as e:
-        raise storage.failure(prefix, e, "PREFIX") from None
+        raise storage.failure(url, e, what) from None
+
+
+def find_runs(prefix: str) -> list[RunDir]:
+    """The run directories directly under `prefix`, or `prefix` itself if it is one."""
+    names = _names(prefix, "PREFIX")
     if not names:
         raise UserError(f"{prefix}: nothing there; name a directory or bucket prefix that holds run directories")
     if SPEC in names or CHECKPOINTS in names:
