@@ -4,8 +4,8 @@ here is marked `slow` and `image`; without a container engine they skip with the
 except in CI (CI set), which installs and starts one (.ci/run), where they fail instead.
 
 The base and the image are built once per run of the suite, whichever worker asks first
-(a file lock beside the workers' temporary folders); the engine's layer cache makes every
-later `runner build` of the same sources take seconds."""
+(a file lock beside the workers' temporary folders, held for each build alone); the engine's
+layer cache makes every later `runner build` of the same sources take seconds."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from filelock import FileLock
 
 from tests.helpers import JOBS, REPO, runner_cli
 from tests.image.pods import Pod, container_run, remove_orphans
@@ -54,33 +55,33 @@ def engine() -> None:
 
 
 @pytest.fixture(scope="session")
-def _build_lock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    from filelock import FileLock
-
-    # The workers' temporary folders share this parent: one lock for the whole run.
-    with FileLock(tmp_path_factory.getbasetemp().parent / "image-build.lock"):
-        yield
+def build_lock(tmp_path_factory: pytest.TempPathFactory) -> FileLock:
+    """One build at a time across the run's workers (their temporary folders share this
+    parent), held for a build alone: the next one finds the engine's layer cache warm."""
+    return FileLock(tmp_path_factory.getbasetemp().parent / "image-build.lock")
 
 
-def build(spec: Path, base: str, *sets: str) -> str:
+def build(spec: Path, base: str, lock: FileLock, *sets: str) -> str:
     """`runner build spec` on `base`: the image's reference (repository:content-tag)."""
-    done = runner_cli("build", str(spec), f"--set=image.base={base}", *sets, cwd=REPO, timeout=1800)
+    with lock:
+        done = runner_cli("build", str(spec), f"--set=image.base={base}", *sets, cwd=REPO, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="session")
-def base_image(engine: None, _build_lock: None) -> str:
+def base_image(engine: None, build_lock: FileLock) -> str:
     """The base scripts/build-base.sh makes (Debian, a venv, torch as docker/torch.txt pins)."""
-    done = subprocess.run([REPO / "scripts" / "build-base.sh"], capture_output=True, text=True, timeout=1800)
+    with build_lock:
+        done = subprocess.run([REPO / "scripts" / "build-base.sh"], capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="session")
-def image(base_image: str, _build_lock: None) -> str:
+def image(base_image: str, build_lock: FileLock) -> str:
     """runner's image for the built-in models (no user code)."""
-    return build(JOBS / "digits.toml", base_image)
+    return build(JOBS / "digits.toml", base_image, build_lock)
 
 
 def render(spec: Path, *args: str) -> list[dict]:

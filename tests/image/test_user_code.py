@@ -9,6 +9,7 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pytest
+from filelock import FileLock
 from PIL import Image
 
 from tests.e2e.test_user_model import NETS
@@ -21,7 +22,7 @@ SETS = ["--set=device=cpu", "--set=threads=1", "--set=epochs=1", "--set=resource
 
 
 def test_a_user_model_is_built_into_the_image_trained_by_the_job_and_used_by_eval_and_predict(
-    base_image: str, bucket: str, cluster: Cluster, tmp_path: Path
+    base_image: str, build_lock: FileLock, bucket: str, cluster: Cluster, tmp_path: Path
 ) -> None:
     (project := tmp_path / "project").mkdir()
     (project / "mynets.py").write_text(NETS)
@@ -31,7 +32,7 @@ def test_a_user_model_is_built_into_the_image_trained_by_the_job_and_used_by_eva
         .read_text()
         .replace('model = "cnn"', 'model = "mynets:small"\ncode = ["mynets.py"]\nmodel_options = {hidden = 16}')
     )
-    image = build(spec, base_image)
+    image = build(spec, base_image, build_lock)
     run_dir = f"{bucket}/runs/mine"
     trained = cluster.job(spec, SETS, image, run_dir).run()
     assert trained.returncode == 0, trained.stdout + trained.stderr
